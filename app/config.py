@@ -1,0 +1,80 @@
+"""Configuration defaults, in one place, overridable by ``BGREMOVAL_*`` environment variables.
+
+Framework-free: the CLI, the web app and the bot all read the same mapping. Flask's app factory
+layers the test mapping on top.
+"""
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# torchvision's published COCO weights (MaskRCNN_ResNet50_FPN_Weights.COCO_V1).
+MASKRCNN_COCO_URL = "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
+
+DEFAULTS = {
+    # Which engine serves requests that do not name one: "maskrcnn" or "selfie".
+    "MODEL": "maskrcnn",
+    # A checkpoint path: a full Mask R-CNN state dict, or a 2-class head exported by training/.
+    "WEIGHTS": None,
+    # Where downloaded weights are cached.
+    "WEIGHTS_DIR": str(ROOT / "weights"),
+    # The COCO base weights' URL; its file name carries the sha256 prefix (torch.hub convention).
+    "WEIGHTS_URL": MASKRCNN_COCO_URL,
+    # Selfie engine: a .tflite path (general model) or a folder holding both models; and an
+    # optional URL base serving them (default: taken out of the mediapipe wheel on PyPI).
+    "SELFIE_WEIGHTS": None,
+    "SELFIE_URL": None,
+    # Seconds to wait for a weights server before giving up (no long retries).
+    "DOWNLOAD_TIMEOUT": 8.0,
+    # Shorter image side the model sees (longer side capped at MODEL_MAX_SIZE); see README.
+    "MODEL_MIN_SIZE": 512,
+    "MODEL_MAX_SIZE": 768,
+    # RPN proposals kept per image at test time (torchvision's default is 1000).
+    "RPN_TOP_N": 250,
+    # Detections kept per image after NMS.
+    "DETECTIONS_PER_IMAGE": 20,
+    # Minimum person score for a detection to count.
+    "MIN_SCORE": 0.5,
+    # Person selection: central, largest or all.
+    "MODE": "central",
+    # Edge refinement: "guided" or "none".
+    "REFINE": "guided",
+    # bf16 autocast on CPUs with native bf16: "auto", "on" or "off".
+    "BF16": "auto",
+    # Intra-op threads; 0 = the CPUs this process may use (cgroup quota aware).
+    "THREADS": 0,
+    # Input limits.
+    "MAX_UPLOAD_BYTES": 25 * 1024 * 1024,
+    "MAX_PIXELS": 40_000_000,
+    # Output size limit (longest side, px); 0 = the input's size.
+    "MAX_OUTPUT_SIZE": 0,
+    # Concurrent inferences per process, and how long a request waits for a slot before 503.
+    "MAX_CONCURRENT": 1,
+    "QUEUE_TIMEOUT": 20.0,
+    # Load the model at startup instead of on the first request.
+    "WARMUP": False,
+}
+
+
+def _coerce(default, raw):
+    """Convert an environment string to the type of its default."""
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def load_config(environ=None, overrides=None):
+    """Return DEFAULTS updated by ``BGREMOVAL_<KEY>`` variables, then by ``overrides``."""
+    environ = os.environ if environ is None else environ
+    config = dict(DEFAULTS)
+    for key, default in DEFAULTS.items():
+        raw = environ.get("BGREMOVAL_" + key)
+        if raw is not None and raw != "":
+            config[key] = _coerce(default, raw)
+    if overrides:
+        config.update({k: v for k, v in overrides.items() if k in DEFAULTS})
+    return config

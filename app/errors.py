@@ -1,0 +1,60 @@
+"""The domain errors of the service: one small family, each with a stable code and HTTP status.
+
+The core raises these; the web layer maps them to responses in one place (``app.api``), the CLI
+prints them as one line, the bot turns them into a chat reply.
+"""
+
+
+class BgRemovalError(Exception):
+    """Base class: a failure the user can be told about in one sentence."""
+
+    code = "error"
+    status = 500
+    title = "Something went wrong."
+
+    def __init__(self, detail=None):
+        self.detail = detail
+        super().__init__(detail or self.title)
+
+    def to_dict(self):
+        """The remove.bg-style error object: ``{"code", "title"[, "detail"]}``."""
+        error = {"code": self.code, "title": self.title}
+        if self.detail:
+            error["detail"] = str(self.detail)
+        return error
+
+
+class MissingUpload(BgRemovalError):
+    code, status, title = "missing_file", 400, "No image was uploaded."
+
+
+class EmptyUpload(BgRemovalError):
+    code, status, title = "empty_file", 400, "The uploaded file is empty."
+
+
+class InvalidParameter(BgRemovalError):
+    code, status, title = "invalid_parameter", 400, "A parameter has an invalid value."
+
+
+class ImageTooLarge(BgRemovalError):
+    code, status, title = "file_too_large", 413, "The image is too large."
+
+
+class UnsupportedImage(BgRemovalError):
+    code, status, title = "unsupported_format", 415, "The file is not a supported image (JPEG, PNG, WEBP, GIF, BMP, TIFF)."
+
+
+class InvalidImage(BgRemovalError):
+    code, status, title = "invalid_image", 422, "The image could not be decoded (it may be truncated or corrupt)."
+
+
+class NoPersonFound(BgRemovalError):
+    code, status, title = "no_person_found", 422, "No person was found in the image."
+
+
+class ModelUnavailable(BgRemovalError):
+    code, status, title = "model_unavailable", 503, "The model is not available."
+
+
+class Busy(BgRemovalError):
+    code, status, title = "busy", 503, "The server is busy; try again in a few seconds."
