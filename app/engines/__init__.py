@@ -24,3 +24,45 @@ def build_engine(name, config):
         raise InvalidParameter(f"model must be one of {', '.join(ENGINES)}")
     module = importlib.import_module(ENGINES[name])
     return module.build_engine(config)
+
+
+class EngineRegistry:
+    """One lazily built engine per name, per process: built once under a lock, then reused.
+
+    ``factory(name, config)`` builds an engine; tests hand in one that returns a random-weight or
+    fake engine. A failed build is not cached, so weights that appear later are picked up.
+    """
+
+    def __init__(self, config, factory=None):
+        import threading
+
+        self.config = config
+        self.factory = factory or build_engine
+        self._engines = {}
+        self._lock = threading.Lock()
+
+    def resolve_name(self, name=None):
+        """The engine name to use: ``name`` or the configured default, validated."""
+        from ..errors import InvalidParameter
+
+        name = (name or self.config.get("MODEL") or "maskrcnn").lower()
+        if name not in ENGINES:
+            raise InvalidParameter(f"model must be one of {', '.join(ENGINES)}")
+        return name
+
+    def get(self, name=None):
+        """The engine called ``name`` (default: the configured one), built on first use."""
+        name = self.resolve_name(name)
+        engine = self._engines.get(name)
+        if engine is not None:
+            return engine
+        with self._lock:
+            engine = self._engines.get(name)
+            if engine is None:
+                engine = self.factory(name, self.config)
+                self._engines[name] = engine
+        return engine
+
+    def loaded(self):
+        """Names of the engines built so far."""
+        return sorted(self._engines)

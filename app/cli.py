@@ -1,0 +1,194 @@
+"""``python -m app``: remove backgrounds from files, refine masks, prefetch weights, run the bot."""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import load_config
+from .errors import BgRemovalError, ModelUnavailable
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo"}
+
+
+def _add_output_options(parser):
+    parser.add_argument("--model", choices=["maskrcnn", "selfie"], help="engine (default: BGREMOVAL_MODEL or maskrcnn)")
+    parser.add_argument("--mode", choices=["central", "largest", "all"], help="which person to keep (default: central)")
+    parser.add_argument("--bg-color", help="background colour as hex (e.g. ffffff); default transparent")
+    parser.add_argument("--bg-image", type=Path, help="an image to place behind the subject")
+    parser.add_argument("--blur", action="store_true", help="portrait mode: the photo itself, blurred, as background")
+    parser.add_argument("--crop", action="store_true", help="crop to the subject")
+    parser.add_argument("--crop-margin", default="0", help="margin around the crop: pixels (20) or percent (10%%)")
+    parser.add_argument("--mask", action="store_true", help="write the mask only (8-bit greyscale)")
+    parser.add_argument("--format", choices=["png", "jpg", "webp"], default="png", help="output format (default png)")
+    parser.add_argument("--max-size", type=int, default=0, help="longest output side in px (default: the input's)")
+    parser.add_argument("--refine", help="edge refinement method (default: BGREMOVAL_REFINE); 'none' turns it off")
+    parser.add_argument("--min-score", type=float, help="minimum person score (default: BGREMOVAL_MIN_SCORE)")
+
+
+def build_parser():
+    """The argparse parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="python -m app", description="Background removal for photos of people.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and model loading")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    remove = sub.add_parser("remove", help="cut out the person in one or more photos (files or folders)")
+    remove.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
+    where = remove.add_mutually_exclusive_group()
+    where.add_argument("-o", "--out", type=Path, help="output file (one input only)")
+    where.add_argument("--out-dir", type=Path, help="folder for the outputs (default: next to each input)")
+    _add_output_options(remove)
+
+    refine = sub.add_parser("refine", help="refine a mask from anywhere against its photo")
+    refine.add_argument("photo", type=Path, help="the photo")
+    refine.add_argument("mask", type=Path, help="a grey PNG mask, soft or hard, any size")
+    refine.add_argument("-o", "--out", type=Path, required=True, help="output 8-bit alpha PNG at the photo's size")
+    refine.add_argument("--method", help="refinement method (default: the configured one)")
+
+    download = sub.add_parser("download-weights", help="prefetch model weights into the cache (for a build step)")
+    download.add_argument("--model", choices=["maskrcnn", "selfie", "all"], default=None, help="which engine's weights (default: BGREMOVAL_MODEL)")
+
+    telegram = sub.add_parser("telegram", help="run or configure the Telegram bot")
+    tsub = telegram.add_subparsers(dest="telegram_command", required=True)
+    tsub.add_parser("poll", help="long-poll the Bot API (no public HTTPS URL needed)")
+    hook = tsub.add_parser("set-webhook", help="point the bot's webhook at URL (…/telegram/webhook)")
+    hook.add_argument("url", help="public HTTPS URL of /telegram/webhook")
+    return parser
+
+
+def expand_inputs(inputs):
+    """Files as given, folders expanded (recursively) to the images inside them, in sorted order."""
+    files = []
+    for path in inputs:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        else:
+            files.append(path)
+    return files
+
+
+def output_path(src, args, fmt):
+    """Where the cutout of ``src`` goes: ``-o``, ``--out-dir``, or ``<name>_bgr.<ext>`` beside it."""
+    if args.out:
+        return args.out
+    name = f"{src.stem}_bgr.{fmt}"
+    return (args.out_dir / name) if args.out_dir else src.with_name(name)
+
+
+def cmd_remove(args, config):
+    """Cut out every input with one model load; exit 1 if any file failed."""
+    from .engines import EngineRegistry
+    from .pipeline import CutoutOptions, remove_background
+
+    files = expand_inputs(args.inputs)
+    if args.out and len(files) != 1:
+        print("error: -o/--out takes exactly one input; use --out-dir for several", file=sys.stderr)
+        return 2
+    if not files:
+        print("error: no images found", file=sys.stderr)
+        return 2
+    params = {
+        "mode": args.mode,
+        "bg_color": args.bg_color,
+        "bg_blur": "true" if args.blur else None,
+        "crop": "true" if args.crop else None,
+        "crop_margin": args.crop_margin,
+        "channels": "alpha" if args.mask else None,
+        "format": args.format,
+        "max_size": args.max_size or None,
+        "refine": args.refine,
+        "min_score": args.min_score,
+        "model": args.model,
+    }
+    try:
+        options = CutoutOptions.from_params(params, config)
+        if args.bg_image:
+            options.bg_image = args.bg_image.read_bytes()
+        engine = EngineRegistry(config).get(options.model)
+    except ModelUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (BgRemovalError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out_dir:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    progress = None
+    if len(files) > 1 or any(p.is_dir() for p in args.inputs):
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(files), unit="img", file=sys.stderr)
+    for src in files:
+        try:
+            data = src.read_bytes()
+            cutout = remove_background(data, engine, options, config)
+            dest = output_path(src, args, cutout.format)
+            dest.write_bytes(cutout.data)
+            logging.getLogger(__name__).info("%s -> %s (%dx%d, score %.2f)", src, dest, cutout.width, cutout.height, cutout.score)
+        except BgRemovalError as exc:
+            failures += 1
+            _report(progress, f"{src}: {exc.code}: {exc}")
+        except OSError as exc:
+            failures += 1
+            _report(progress, f"{src}: {exc.strerror or exc}")
+        if progress:
+            progress.update(1)
+    if progress:
+        progress.close()
+    return 1 if failures else 0
+
+
+def _report(progress, line):
+    if progress:
+        progress.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
+
+
+def cmd_refine(args, config):
+    """Refine one mask against its photo."""
+    from .refine import refine_file
+
+    try:
+        refine_file(args.photo, args.mask, args.out, method=args.method or config["REFINE"])
+    except (BgRemovalError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_download(args, config):
+    """Prefetch weights so the first request does not wait for them."""
+    which = args.model or config["MODEL"]
+    names = ["maskrcnn", "selfie"] if which == "all" else [which]
+    try:
+        for name in names:
+            if name == "maskrcnn":
+                from .engines.maskrcnn import download_base_weights
+
+                print(download_base_weights(config))
+            else:
+                from .engines.selfie import fetch_weights
+
+                for path in fetch_weights(config).values():
+                    print(path)
+    except BgRemovalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_telegram(args, config):
+    """Run the bot by long polling, or set its webhook."""
+    from . import telegram
+
+    return telegram.main(args, config)
+
+
+def main(argv=None):
+    """Entry point of ``python -m app``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = load_config()
+    commands = {"remove": cmd_remove, "refine": cmd_refine, "download-weights": cmd_download, "telegram": cmd_telegram}
+    return commands[args.command](args, config)

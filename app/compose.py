@@ -1,0 +1,127 @@
+"""Compositing a cutout from a photo and an alpha mask: pure functions on PIL/numpy."""
+import re
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from .errors import InvalidParameter
+
+_HEX = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
+_NAMED = {"white": "ffffff", "black": "000000", "red": "ff0000", "green": "00ff00", "blue": "0000ff", "grey": "808080", "gray": "808080"}
+
+
+def parse_color(value):
+    """``"#rgb"``, ``"rrggbb"``, ``"rrggbbaa"`` or a few names → an ``(r, g, b, a)`` tuple."""
+    text = str(value).strip()
+    text = _NAMED.get(text.lower(), text)
+    match = _HEX.match(text)
+    if not match:
+        raise InvalidParameter("bg_color must be a hex colour such as 81d4fa or #fff")
+    digits = match.group(1)
+    if len(digits) == 3:
+        digits = "".join(c * 2 for c in digits)
+    if len(digits) == 6:
+        digits += "ff"
+    return tuple(int(digits[i : i + 2], 16) for i in range(0, 8, 2))
+
+
+def parse_margin(value, size):
+    """A crop margin as ``"10%"`` (of the subject's larger side), ``"20px"`` or ``"20"`` → pixels."""
+    text = str(value).strip().lower()
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 <= pct <= 100:
+                raise ValueError
+            return int(round(max(size) * pct / 100.0))
+        px = int(float(text[:-2] if text.endswith("px") else text))
+        if not 0 <= px <= 10_000:
+            raise ValueError
+        return px
+    except ValueError as exc:
+        raise InvalidParameter("crop_margin must be pixels (e.g. 20 or 20px) or a percentage (e.g. 10%)") from exc
+
+
+def to_alpha8(alpha):
+    """A float [0, 1] or uint8 mask as a uint8 array."""
+    alpha = np.asarray(alpha)
+    if alpha.dtype == np.uint8:
+        return alpha
+    if alpha.dtype == bool:
+        return alpha.astype(np.uint8) * 255
+    return np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def foreground_box(alpha8, threshold=8):
+    """``(left, top, width, height)`` of the pixels with alpha above ``threshold``, or None."""
+    rows = np.flatnonzero((alpha8 > threshold).any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero((alpha8[rows[0] : rows[-1] + 1] > threshold).any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+def crop_box(fg_box, margin, size):
+    """The ``(left, top, right, bottom)`` crop around ``fg_box`` with ``margin`` px, clipped to ``size``."""
+    left, top, width, height = fg_box
+    return (
+        max(0, left - margin),
+        max(0, top - margin),
+        min(size[0], left + width + margin),
+        min(size[1], top + height + margin),
+    )
+
+
+def fit_within(size, max_side):
+    """Scale ``(W, H)`` down so that its longer side is at most ``max_side`` (0 = no limit)."""
+    w, h = size
+    if not max_side or max(w, h) <= max_side:
+        return size
+    scale = max_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def cover(image, size):
+    """Resize and centre-crop ``image`` so that it fills ``size`` exactly (CSS background-size: cover)."""
+    w, h = size
+    scale = max(w / image.width, h / image.height)
+    resized = image.resize((max(w, round(image.width * scale)), max(h, round(image.height * scale))), Image.BILINEAR)
+    left, top = (resized.width - w) // 2, (resized.height - h) // 2
+    return resized.crop((left, top, left + w, top + h))
+
+
+def blurred(image, radius_fraction=0.02):
+    """A portrait-mode background: a strong blur of the photo, done at reduced scale for speed."""
+    factor = max(1, min(image.size) // 400)
+    small = image.reduce(factor) if factor > 1 else image
+    radius = max(2.0, radius_fraction * max(small.size))
+    return small.filter(ImageFilter.GaussianBlur(radius)).resize(image.size, Image.BILINEAR)
+
+
+def composite(image, alpha, background=None):
+    """The cutout: ``image`` (RGB) with ``alpha`` over ``background``.
+
+    ``background`` is None (transparent RGBA output), an ``(r, g, b[, a])`` colour, ``"blur"``
+    (the photo itself blurred) or an RGB PIL image (resized to cover the photo).
+    """
+    alpha8 = to_alpha8(alpha)
+    mask = Image.fromarray(alpha8, "L")
+    if background is None:
+        out = image.convert("RGBA") if image.mode != "RGBA" else image.copy()
+        out.putalpha(mask)
+        return out
+    if isinstance(background, str) and background == "blur":
+        base = blurred(image)
+    elif isinstance(background, Image.Image):
+        base = cover(background.convert("RGB"), image.size)
+    else:
+        color = tuple(background) + (255,) * (4 - len(background))
+        if color[3] < 255:
+            # A translucent colour: keep an alpha channel, the subject opaque over the tint.
+            base = Image.new("RGBA", image.size, color)
+            base.paste(image.convert("RGBA"), mask=mask)
+            out_alpha = np.maximum(alpha8, np.uint8(color[3]))
+            base.putalpha(Image.fromarray(out_alpha, "L"))
+            return base
+        base = Image.new("RGB", image.size, color[:3])
+    return Image.composite(image.convert("RGB"), base, mask)

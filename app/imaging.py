@@ -1,0 +1,161 @@
+"""Image decoding and encoding: pure functions on bytes and PIL images, no Flask, no torch.
+
+Decoding turns any accepted upload into an upright 8-bit RGB image (plus the input's own alpha,
+when it had one) or raises one of the domain errors. Sizes are checked on the header before any
+pixel is decoded; very large JPEGs are decoded reduced (Pillow's draft mode) instead of refused.
+"""
+import io
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import EmptyUpload, ImageTooLarge, InvalidImage, UnsupportedImage
+
+# Formats we decode (Pillow format names). Anything else is refused before decoding.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+# A person is not found in a sliver: refuse what the model cannot use rather than guess.
+MIN_SIDE = 16
+
+# What Pillow raises on corrupt or truncated data, beyond OSError.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, EOFError, zlib.error, IndexError, TypeError, KeyError)
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass
+class DecodedImage:
+    """An upload ready for the model: upright RGB, and the input's alpha if it had one."""
+
+    image: Image.Image  # RGB, upright
+    alpha: Optional[np.ndarray]  # uint8 H×W, or None when the input was opaque
+    format: str  # Pillow's name of the input format
+    original_size: tuple  # upright (W, H) of the input before any reduced decoding
+    reduced: bool = False  # True when a huge JPEG was decoded at 1/2, 1/4 or 1/8 scale
+
+
+def sniff_format(data):
+    """The Pillow format name of ``data`` judged by its magic bytes, or None."""
+    head = bytes(data[:16])
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM":
+        return "BMP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    return None
+
+
+def _oriented_size(img):
+    """The upright (W, H) of an image whose EXIF orientation may swap its axes."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except DECODE_ERRORS:
+        orientation = 1
+    w, h = img.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _to_rgb_and_alpha(img):
+    """Convert any Pillow mode to 8-bit RGB, returning the alpha separately (None if opaque)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit greyscale: scale the used range to 8 bits instead of clipping at 255.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB"), None
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        top = 1.0 if arr.max(initial=0) <= 1.0 else (255.0 if arr.max() <= 255 else 65535.0)
+        return Image.fromarray(np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB"), None
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode in ("LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        alpha = np.asarray(img.getchannel("A"))
+        if alpha.min() == 255:
+            return img.convert("RGB"), None
+        # Flatten onto white for the model: transparent pixels carry arbitrary colours.
+        white = Image.new("RGB", img.size, (255, 255, 255))
+        white.paste(img.convert("RGB"), mask=img.getchannel("A"))
+        return white, alpha.copy()
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # CMYK (Pillow inverts Adobe CMYK), YCbCr, L, 1, LAB, HSV
+    return img, None
+
+
+def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS):
+    """Decode upload bytes into a ``DecodedImage``; raise a domain error for anything unusable."""
+    if not data:
+        raise EmptyUpload()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=list(formats))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge("the image has too many pixels") from exc
+    except UnidentifiedImageError as exc:
+        raise UnsupportedImage() from exc
+    except DECODE_ERRORS as exc:
+        raise InvalidImage() from exc
+    fmt = img.format or "unknown"
+    width, height = img.size
+    original_size = _oriented_size(img)
+    reduced = False
+    if width * height > max_pixels:
+        if fmt in ("JPEG", "MPO"):
+            # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT: cheap, and enough for a cutout.
+            scale = (max_pixels / (width * height)) ** 0.5
+            img.draft("RGB", (int(width * scale), int(height * scale)))
+            reduced = img.size != (width, height)
+        if img.size[0] * img.size[1] > max_pixels:
+            raise ImageTooLarge(f"{width}×{height} pixels is over the limit of {max_pixels:,}")
+    try:
+        img.seek(0)  # animated GIF/APNG/WebP: the first frame
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        rgb, alpha = _to_rgb_and_alpha(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge("the image has too many pixels") from exc
+    except DECODE_ERRORS as exc:
+        raise InvalidImage() from exc
+    except MemoryError as exc:
+        raise ImageTooLarge("the image is too large to decode") from exc
+    if min(rgb.size) < MIN_SIDE:
+        raise InvalidImage(f"the image is {rgb.size[0]}×{rgb.size[1]} pixels; each side needs at least {MIN_SIDE}")
+    rgb.info = {}
+    return DecodedImage(image=rgb, alpha=alpha, format=fmt, original_size=original_size, reduced=reduced)
+
+
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
+def encode_image(image, fmt="png", png_compress_level=1, quality=92):
+    """Encode to PNG/JPEG/WEBP bytes with no metadata (no EXIF, ICC, text); return ``(bytes, mime)``."""
+    name = OUTPUT_FORMATS[fmt.lower()]
+    image.info = {}  # Pillow writes some info keys (icc_profile, exif, dpi) back out otherwise
+    buffer = io.BytesIO()
+    if name == "PNG":
+        # Level 1 is several times faster than the default 6 for a few % more bytes.
+        image.save(buffer, "PNG", compress_level=png_compress_level)
+    elif name == "JPEG":
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        image.save(buffer, "JPEG", quality=quality)
+    else:
+        image.save(buffer, "WEBP", quality=quality, method=3, lossless=False, exact=image.mode == "RGBA")
+    return buffer.getvalue(), MIME_TYPES[name]
