@@ -31,7 +31,6 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,7 +102,8 @@ def _user_weights(setting):
             if not candidate.is_file():
                 continue
             if not _matches(candidate, sha256):
-                raise _unavailable(what, f"{name} does not match its sha256 {sha256[:16]}… (corrupt or another model)")
+                reason = f"{name} does not match its sha256 {sha256[:16]}… (corrupt or another model)"
+                raise _unavailable(what, reason)
             found[kind] = candidate
         if not found:
             raise _unavailable(what, f"the folder holds neither {MODELS['general'][0]} nor {MODELS['landscape'][0]}")
@@ -142,6 +142,7 @@ def _write_atomically(data, dest):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the server may run as another user
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
