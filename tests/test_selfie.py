@@ -209,6 +209,19 @@ def test_server_with_wrong_bytes_is_refused(tmp_path, server):
     assert not (cache / GENERAL).exists() and not list(cache.glob("*.part"))
 
 
+def test_weights_status_checks_without_fetching_or_deleting(tmp_path, model_copies):
+    ok, reason = selfie.weights_status(config(tmp_path))
+    assert not ok and selfie.FETCH_COMMAND in reason
+    cache = tmp_path / "weights" / "selfie"
+    shutil.copytree(model_copies, cache)
+    assert selfie.weights_status(config(tmp_path))[0]
+    (cache / GENERAL).write_bytes(b"garbage")
+    ok, reason = selfie.weights_status(config(tmp_path))
+    assert not ok and GENERAL in reason and (cache / GENERAL).exists()
+    assert selfie.weights_status(config(tmp_path, SELFIE_WEIGHTS=str(model_copies)))[0]
+    assert not selfie.weights_status(config(tmp_path, SELFIE_WEIGHTS=str(tmp_path / "nope")))[0]
+
+
 def test_download_off_reports_the_command(tmp_path):
     with pytest.raises(ModelUnavailable) as info:
         selfie.build_engine(config(tmp_path), download=False)

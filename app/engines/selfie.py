@@ -121,7 +121,7 @@ def _user_weights(setting):
     raise _unavailable(what, "no such file or folder")
 
 
-def cached_weights(config):
+def cached_weights(config, delete_corrupt=True):
     """The cached models whose hash matches, ``{kind: path}``; corrupt cache files are deleted."""
     found = {}
     for kind, (name, sha256) in MODELS.items():
@@ -130,7 +130,7 @@ def cached_weights(config):
             continue
         if _matches(path, sha256):
             found[kind] = path
-        else:
+        elif delete_corrupt:
             log.warning("Deleting %s: its sha256 does not match %s… (corrupt or truncated)", path, sha256[:16])
             path.unlink(missing_ok=True)
     return found
@@ -237,6 +237,21 @@ def fetch_weights(config, progress=True, download=True):
     if len(found) < len(MODELS):
         raise _unavailable(what, f"fetching them from {source} did not produce verified files")
     return found
+
+
+def weights_status(config):
+    """``(available, reason)`` without fetching, deleting or loading anything (for health checks)."""
+    try:
+        if config.get("SELFIE_WEIGHTS"):
+            paths = _user_weights(config["SELFIE_WEIGHTS"])
+            return True, "selfie weights at " + ", ".join(str(p) for p in paths.values())
+    except ModelUnavailable as exc:
+        return False, str(exc)
+    found = cached_weights(config, delete_corrupt=False)
+    missing = [MODELS[kind][0] for kind in MODELS if kind not in found]
+    if missing:
+        return False, f"no verified {', '.join(missing)} in {cache_dir(config)}; run `{FETCH_COMMAND}`"
+    return True, f"selfie weights in {cache_dir(config)}"
 
 
 # --- components ----------------------------------------------------------------------------------
