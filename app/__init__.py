@@ -1,0 +1,36 @@
+"""Background removal for photos of people: the Flask app factory.
+
+Only wiring lives here; the core (``pipeline``, ``engines``, ``imaging``, ``compose``) has no Flask
+import, so the CLI and the bot use it without a web server.
+"""
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config=None):
+    """Build the app: config from defaults, ``BGREMOVAL_*`` variables, then ``test_config``."""
+    from flask import Flask
+
+    from . import api, model, security, telegram, web
+    from .config import load_config
+    from .http import UploadRequest
+
+    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app.request_class = UploadRequest
+    app.config.update(load_config())
+    if test_config:
+        app.config.update(test_config)
+    app.config.update(
+        MAX_CONTENT_LENGTH=app.config["MAX_UPLOAD_BYTES"],
+        # Text fields are tiny; files are counted by MAX_CONTENT_LENGTH.
+        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        MAX_FORM_PARTS=32,
+    )
+    model.init_app(app)
+    security.init_app(app)
+    api.init_app(app)
+    app.register_blueprint(web.bp)
+    app.register_blueprint(api.bp)
+    telegram.init_app(app)
+    return app

@@ -101,6 +101,8 @@ def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS):
     """Decode upload bytes into a ``DecodedImage``; raise a domain error for anything unusable."""
     if not data:
         raise EmptyUpload()
+    Image.init()  # register every plugin so the allowlist names only formats Pillow can open
+    formats = [f for f in formats if f in Image.OPEN]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -26,6 +26,25 @@ def build_engine(name, config):
     return module.build_engine(config)
 
 
+def weights_status(name, config):
+    """``(available, reason)`` for an engine's weights, checked on disk without importing the engine."""
+    import os
+    from pathlib import Path
+
+    if name == "maskrcnn":
+        explicit = config.get("WEIGHTS")
+        if explicit:
+            if Path(explicit).is_file():
+                return True, f"weights at {explicit}"
+            return False, f"BGREMOVAL_WEIGHTS={explicit}: no such file"
+        cached = Path(config["WEIGHTS_DIR"]) / os.path.basename(config["WEIGHTS_URL"].split("?")[0])
+        if cached.is_file():
+            return True, f"weights at {cached}"
+        return False, f"no Mask R-CNN weights at {cached}; run `python -m app download-weights`"
+    module = importlib.import_module(ENGINES[name])
+    return module.weights_status(config)
+
+
 class EngineRegistry:
     """One lazily built engine per name, per process: built once under a lock, then reused.
 
@@ -37,6 +56,7 @@ class EngineRegistry:
         import threading
 
         self.config = config
+        self.injected = factory is not None
         self.factory = factory or build_engine
         self._engines = {}
         self._lock = threading.Lock()

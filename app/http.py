@@ -1,0 +1,62 @@
+"""Request handling shared by the page and the API: uploads kept in memory, parameters, names."""
+import io
+import re
+import unicodedata
+
+from flask import Request
+
+from .errors import EmptyUpload, MissingUpload
+
+UPLOAD_FIELDS = ("file", "image_file")
+
+
+class UploadRequest(Request):
+    """A Request whose multipart files stay in memory: no uploaded byte is written to disk.
+
+    Werkzeug spools files over 500 KB to a temporary file; uploads here are bounded by
+    MAX_CONTENT_LENGTH, so memory is the right place and nothing is left behind.
+    """
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+
+def read_upload(request, fields=UPLOAD_FIELDS):
+    """The uploaded image bytes and its file name, from a multipart field or the raw body.
+
+    Multipart: the first of ``fields`` present. Otherwise the raw body, whatever its Content-Type
+    (``curl --data-binary`` sends form-urlencoded); the bytes are sniffed later, not the header.
+    """
+    if request.mimetype == "multipart/form-data":
+        for name in fields:
+            storage = request.files.get(name)
+            if storage is not None:
+                data = storage.read()
+                if not data:
+                    raise EmptyUpload()
+                return data, storage.filename or "image"
+        raise MissingUpload(f"send the image in a multipart field named {' or '.join(fields)}, or as the request body")
+    data = request.get_data(cache=False, parse_form_data=False)
+    if not data:
+        raise MissingUpload(f"send the image in a multipart field named {' or '.join(fields)}, or as the request body")
+    return data, request.args.get("filename") or "image"
+
+
+def request_params(request):
+    """Parameters from the query string, overridden by form fields (multipart only)."""
+    params = dict(request.args.items())
+    if request.mimetype == "multipart/form-data":
+        params.update({k: v for k, v in request.form.items()})
+    return params
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def output_name(filename, extension):
+    """``<stem>_bgr.<ext>`` from an uploaded file name: no path, ASCII-safe, bounded length."""
+    name = str(filename or "image").replace("\\", "/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name.strip(".") else name
+    stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
+    stem = _UNSAFE.sub("_", stem).strip("._-")[:80] or "image"
+    return f"{stem}_bgr.{extension}"

@@ -1,0 +1,75 @@
+"""The model as a Flask resource: one engine registry per process, kept on ``app.extensions``.
+
+``get_engine()`` returns the cached engine, built once per process under a lock on first use (or
+at start-up with ``WARMUP``). Construction is injectable: ``test_config["ENGINE_FACTORY"]`` is a
+``factory(name, config)`` that tests use to hand in a random-weight or fake engine. Concurrent
+inferences are bounded by a semaphore; a request that cannot get a slot in ``QUEUE_TIMEOUT``
+seconds gets ``Busy`` (503 with Retry-After) instead of queueing without bound.
+"""
+import logging
+import threading
+from contextlib import contextmanager
+
+from flask import current_app
+
+from .engines import EngineRegistry, weights_status
+from .errors import BgRemovalError, Busy
+
+log = logging.getLogger(__name__)
+EXTENSION = "bgremoval"
+
+
+class ModelResource:
+    """What ``init_app`` keeps on the app: the engine registry and the inference slots."""
+
+    def __init__(self, config, factory=None):
+        self.registry = EngineRegistry(config, factory)
+        self.slots = threading.BoundedSemaphore(max(1, int(config["MAX_CONCURRENT"])))
+        self.queue_timeout = float(config["QUEUE_TIMEOUT"])
+
+    @contextmanager
+    def slot(self):
+        """Hold one inference slot, waiting at most ``queue_timeout`` seconds, else raise Busy."""
+        if not self.slots.acquire(timeout=self.queue_timeout):
+            raise Busy(f"all inference slots stayed busy for {self.queue_timeout:g} s")
+        try:
+            yield
+        finally:
+            self.slots.release()
+
+
+def init_app(app):
+    """Attach the model resource to ``app``; start loading it in the background when WARMUP is set."""
+    resource = ModelResource(app.config, app.config.get("ENGINE_FACTORY"))
+    app.extensions[EXTENSION] = resource
+    if app.config.get("WARMUP"):
+        # In a thread, so the worker answers /healthz at once while the weights load.
+        threading.Thread(target=_warm_up, args=(resource,), name="warm-up", daemon=True).start()
+
+
+def _warm_up(resource):
+    try:
+        resource.registry.get()
+    except BgRemovalError as exc:
+        log.warning("warm-up could not load the model: %s", exc)
+
+
+def get_resource(app=None):
+    """The app's ModelResource."""
+    return (app or current_app).extensions[EXTENSION]
+
+
+def get_engine(name=None):
+    """The engine for ``name`` (default: BGREMOVAL_MODEL), built on first use."""
+    return get_resource().registry.get(name)
+
+
+def readiness(app=None):
+    """``(ready, reason)``: the default engine is loaded, or its weights are there to load."""
+    resource = get_resource(app)
+    name = resource.registry.resolve_name()
+    if name in resource.registry.loaded():
+        return True, f"{name} loaded"
+    if resource.registry.injected:
+        return True, f"{name} injected"
+    return weights_status(name, resource.registry.config)

@@ -1,0 +1,186 @@
+"""Shared fixtures: the app, a client, a CLI runner, synthetic photos, and model stand-ins.
+
+Real weights cannot be downloaded here, so end-to-end tests use torchvision's real Mask R-CNN with
+random weights whose predictors are set so every proposal is a confident person with a full-box
+mask: a deterministic stand-in for trained weights that still runs every layer of the model.
+"""
+import io
+import os
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from app.engines.base import Engine, PersonCandidates
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(os.environ.get("BGREMOVAL_SHARED", SHARED))
+
+
+def make_photo(size=(320, 240), person_box=None, seed=0):
+    """A synthetic photo: textured background and a person-like figure (head and body)."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    bg = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), np.full_like(xx, 90)], axis=-1)
+    bg = np.clip(bg + rng.integers(-20, 20, size=bg.shape), 0, 255).astype(np.uint8)
+    img = Image.fromarray(bg, "RGB")
+    draw = ImageDraw.Draw(img)
+    x1, y1, x2, y2 = person_box or (w * 0.35, h * 0.15, w * 0.65, h * 0.95)
+    head_r = (x2 - x1) * 0.25
+    cx = (x1 + x2) / 2
+    draw.ellipse((cx - head_r, y1, cx + head_r, y1 + 2 * head_r), fill=(230, 190, 160))
+    draw.rounded_rectangle((x1, y1 + 2 * head_r, x2, y2), radius=int(head_r), fill=(40, 60, 160))
+    return img
+
+
+def encode(img, fmt="JPEG", **kwargs):
+    """Encode a PIL image to bytes."""
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def ellipse_mask(size, box):
+    """A float32 H×W mask of an ellipse inscribed in ``box``."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    x1, y1, x2, y2 = box
+    cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
+    return ((((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) <= 1).astype(np.float32)
+
+
+class FakeEngine(Engine):
+    """An engine with fixed people (boxes in relative coordinates); counts its calls."""
+
+    name = "fake"
+
+    def __init__(self, people=((0.3, 0.1, 0.7, 0.95, 0.98),)):
+        self.people = people
+        self.calls = 0
+
+    def detect(self, image):
+        self.calls += 1
+        w, h = image.size
+        boxes = np.array([[x1 * w, y1 * h, x2 * w, y2 * h] for x1, y1, x2, y2, _ in self.people], dtype=np.float64).reshape(-1, 4)
+        scores = np.array([p[4] for p in self.people], dtype=np.float64)
+        masks = [ellipse_mask((w, h), b) for b in boxes]
+        areas = np.array([m.sum() for m in masks], dtype=np.float64)
+
+        def paste(indices):
+            out = np.zeros((h, w), dtype=np.float32)
+            for i in indices:
+                out = np.maximum(out, masks[i])
+            return out
+
+        return PersonCandidates(image_size=(w, h), boxes=boxes, scores=scores, areas=areas, paste=paste)
+
+
+def stand_in_state_dict(seed=0, num_classes=91):
+    """Random Mask R-CNN weights whose heads call every proposal a person with a full-box mask."""
+    import torch
+
+    from app.engines.maskrcnn import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(num_classes)
+    with torch.no_grad():
+        box, mask = model.roi_heads.box_predictor, model.roi_heads.mask_predictor
+        box.cls_score.weight.zero_()
+        box.cls_score.bias.fill_(-10.0)
+        box.cls_score.bias[1] = 10.0
+        box.bbox_pred.weight.zero_()
+        box.bbox_pred.bias.zero_()
+        mask.mask_fcn_logits.weight.zero_()
+        mask.mask_fcn_logits.bias.fill_(-10.0)
+        mask.mask_fcn_logits.bias[1] = 10.0
+    return model.state_dict()
+
+
+@pytest.fixture(scope="session")
+def stand_in_checkpoint(tmp_path_factory):
+    """Path to a full (91-class) stand-in checkpoint saved with torch.save."""
+    import torch
+
+    path = tmp_path_factory.mktemp("weights") / "maskrcnn_stand_in.pth"
+    torch.save(stand_in_state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def stand_in_engine(stand_in_checkpoint):
+    """A MaskRCNNEngine built from the stand-in checkpoint through the real loading code."""
+    from app.config import load_config
+    from app.engines.maskrcnn import build_engine
+
+    config = load_config(environ={}, overrides={"WEIGHTS": str(stand_in_checkpoint)})
+    return build_engine(config)
+
+
+@pytest.fixture
+def fake_engine():
+    """A FakeEngine with one central person."""
+    return FakeEngine()
+
+
+@pytest.fixture
+def app(fake_engine, tmp_path):
+    """The app with the fake engine injected, refinement on, weights cache in a tmp dir."""
+    from app import create_app
+
+    app = create_app(
+        {
+            "TESTING": True,
+            "WEIGHTS_DIR": str(tmp_path / "weights"),
+            "ENGINE_FACTORY": lambda name, config: fake_engine,
+        }
+    )
+    return app
+
+
+@pytest.fixture
+def client(app):
+    """A test client for the app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    """A Flask CLI runner for the app."""
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def photo():
+    """A synthetic 320×240 photo of a person-like figure, as a PIL image."""
+    return make_photo()
+
+
+@pytest.fixture
+def photo_jpeg(photo):
+    """The synthetic photo as JPEG bytes."""
+    return encode(photo, "JPEG", quality=90)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A loopback HTTP server serving a tmp folder: yields ``(root_dir, base_url)``."""
+    root = tmp_path / "served"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
