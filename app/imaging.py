@@ -56,6 +56,34 @@ def sniff_format(data):
     return None
 
 
+# PNG chunks that only carry text or an ICC profile. Decoding ignores them and outputs never carry
+# metadata, but Pillow refuses a compressed one that inflates past 1 MB (its bomb guard): drop
+# them before decoding so a photo with a big profile or comment still decodes.
+_PNG_SKIPPED_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"iCCP")
+
+
+def _without_png_text(data):
+    """PNG bytes minus their text and ICC chunks; anything that is not a well-formed PNG is returned as is."""
+    if bytes(data[:8]) != b"\x89PNG\r\n\x1a\n":
+        return data
+    view = memoryview(data)
+    kept, pos, dropped = [view[:8]], 8, False
+    while pos + 12 <= len(view):
+        length = struct.unpack(">I", view[pos : pos + 4])[0]
+        end = pos + 12 + length
+        if end > len(view):
+            break  # truncated or corrupt: leave the rest to the decoder to judge
+        if bytes(view[pos + 4 : pos + 8]) in _PNG_SKIPPED_CHUNKS:
+            dropped = True
+        else:
+            kept.append(view[pos:end])
+        pos = end
+    if not dropped:
+        return data
+    kept.append(view[pos:])
+    return b"".join(kept)
+
+
 def _oriented_size(img):
     """The upright (W, H) of an image whose EXIF orientation may swap its axes."""
     try:
@@ -103,6 +131,7 @@ def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS):
         raise EmptyUpload()
     Image.init()  # register every plugin so the allowlist names only formats Pillow can open
     formats = [f for f in formats if f in Image.OPEN]
+    data = _without_png_text(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -110,6 +139,9 @@ def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge("the image has too many pixels") from exc
     except UnidentifiedImageError as exc:
+        if sniff_format(data) in formats:
+            # The magic bytes of an accepted format, but Pillow cannot parse its header: corrupt, not foreign.
+            raise InvalidImage(f"the {sniff_format(data)} header is corrupt or truncated") from exc
         raise UnsupportedImage() from exc
     except DECODE_ERRORS as exc:
         raise InvalidImage() from exc
@@ -120,8 +152,11 @@ def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS):
     if width * height > max_pixels:
         if fmt in ("JPEG", "MPO"):
             # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT: cheap, and enough for a cutout.
-            scale = (max_pixels / (width * height)) ** 0.5
-            img.draft("RGB", (int(width * scale), int(height * scale)))
+            # draft() picks the largest reduction whose result is still >= the requested size.
+            for k in (2, 4, 8):
+                if -(-width // k) * -(-height // k) <= max_pixels:
+                    img.draft("RGB", (-(-width // k), -(-height // k)))
+                    break
             reduced = img.size != (width, height)
         if img.size[0] * img.size[1] > max_pixels:
             raise ImageTooLarge(f"{width}×{height} pixels is over the limit of {max_pixels:,}")

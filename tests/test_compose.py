@@ -1,0 +1,91 @@
+"""Compositing: exact alpha, size kept, backgrounds, crops and colour parsing."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.compose import composite, crop_box, fit_within, foreground_box, parse_color, parse_margin, to_alpha8
+from app.errors import InvalidParameter
+
+
+def photo(w=60, h=40):
+    rng = np.random.default_rng(1)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def soft_alpha(w=60, h=40):
+    a = np.zeros((h, w), np.float32)
+    a[10:30, 20:40] = 1.0
+    a[10:30, 19] = 0.5
+    return a
+
+
+def test_transparent_output_keeps_pixels_and_exact_alpha():
+    img, a = photo(), soft_alpha()
+    out = composite(img, a)
+    arr = np.asarray(out)
+    assert out.mode == "RGBA" and out.size == img.size
+    np.testing.assert_array_equal(arr[..., :3], np.asarray(img))
+    np.testing.assert_array_equal(arr[..., 3], to_alpha8(a))
+    assert arr[20, 19, 3] == 128 and arr[0, 0, 3] == 0 and arr[20, 30, 3] == 255
+
+
+def test_colour_background_blends_by_alpha():
+    img, a = photo(), soft_alpha()
+    out = np.asarray(composite(img, a, (0, 0, 255)))
+    assert out.shape == (40, 60, 3)
+    assert tuple(out[0, 0]) == (0, 0, 255)
+    np.testing.assert_array_equal(out[20, 30], np.asarray(img)[20, 30])
+    half = (np.asarray(img)[20, 19].astype(int) * 128 + np.array([0, 0, 255]) * 127) / 255
+    assert np.abs(out[20, 19].astype(int) - half).max() <= 2
+
+
+def test_translucent_colour_keeps_an_alpha_channel():
+    out = np.asarray(composite(photo(), soft_alpha(), (255, 0, 0, 64)))
+    assert out.shape[2] == 4 and out[0, 0, 3] == 64 and out[20, 30, 3] == 255
+
+
+def test_image_background_covers_the_photo():
+    bg = Image.new("RGB", (10, 100), (0, 255, 0))
+    out = np.asarray(composite(photo(), soft_alpha(), bg))
+    assert out.shape == (40, 60, 3) and tuple(out[0, 0]) == (0, 255, 0)
+
+
+def test_blur_background_is_the_photo_blurred():
+    img = photo(200, 120)
+    a = np.zeros((120, 200), np.float32)
+    out = np.asarray(composite(img, a, "blur")).astype(float)
+    assert out.std() < np.asarray(img).astype(float).std() / 3  # noise smoothed away
+    assert abs(out.mean() - np.asarray(img).mean()) < 10  # but it is the photo's colours
+
+
+def test_foreground_box_and_crop():
+    a8 = to_alpha8(soft_alpha())
+    assert foreground_box(a8) == (19, 10, 21, 20)
+    assert foreground_box(np.zeros((5, 5), np.uint8)) is None
+    assert crop_box((19, 10, 21, 20), 5, (60, 40)) == (14, 5, 45, 35)
+    assert crop_box((19, 10, 21, 20), 50, (60, 40)) == (0, 0, 60, 40)
+
+
+def test_parse_margin():
+    assert parse_margin("10%", (200, 100)) == 20
+    assert parse_margin("15px", (200, 100)) == 15
+    assert parse_margin("7", (200, 100)) == 7
+    for bad in ("-3", "abc", "200%"):
+        with pytest.raises(InvalidParameter):
+            parse_margin(bad, (10, 10))
+
+
+def test_parse_color():
+    assert parse_color("#fff") == (255, 255, 255, 255)
+    assert parse_color("81d4fa") == (0x81, 0xD4, 0xFA, 255)
+    assert parse_color("00000080") == (0, 0, 0, 128)
+    assert parse_color("white") == (255, 255, 255, 255)
+    for bad in ("#12", "zzzzzz", "<script>"):
+        with pytest.raises(InvalidParameter):
+            parse_color(bad)
+
+
+def test_fit_within():
+    assert fit_within((4000, 3000), 1000) == (1000, 750)
+    assert fit_within((400, 300), 1000) == (400, 300)
+    assert fit_within((400, 300), 0) == (400, 300)

@@ -1,0 +1,175 @@
+"""Decoding every accepted mode and orientation, the size caps, and metadata-free encoding."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms, PngImagePlugin
+
+from app.errors import EmptyUpload, ImageTooLarge, InvalidImage, UnsupportedImage
+from app.imaging import decode_image, encode_image, sniff_format
+from conftest import encode
+
+QUADRANTS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]  # TL, TR, BL, BR
+
+
+def quadrant_image(w=96, h=48):
+    """A landscape image with four distinctly coloured quadrants (its orientation is visible)."""
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[: h // 2, : w // 2] = QUADRANTS[0]
+    arr[: h // 2, w // 2 :] = QUADRANTS[1]
+    arr[h // 2 :, : w // 2] = QUADRANTS[2]
+    arr[h // 2 :, w // 2 :] = QUADRANTS[3]
+    return Image.fromarray(arr)
+
+
+def quadrant_colours(img):
+    arr = np.asarray(img.convert("RGB")).astype(int)
+    h, w = arr.shape[:2]
+    return [tuple(arr[y, x]) for y, x in ((h // 4, w // 4), (h // 4, 3 * w // 4), (3 * h // 4, w // 4), (3 * h // 4, 3 * w // 4))]
+
+
+# How the stored pixels relate to the upright picture for each EXIF orientation (inverse transforms).
+STORED = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_honoured(orientation):
+    upright = quadrant_image()
+    stored = upright.transpose(STORED[orientation]) if STORED[orientation] is not None else upright
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    decoded = decode_image(encode(stored, "JPEG", quality=95, exif=exif.tobytes()))
+    assert decoded.image.size == upright.size
+    assert decoded.original_size == upright.size
+    for got, want in zip(quadrant_colours(decoded.image), QUADRANTS):
+        assert max(abs(a - b) for a, b in zip(got, want)) < 40, (orientation, got, want)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "CMYK", "1"])
+def test_opaque_modes_become_rgb(mode):
+    src = quadrant_image().convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    decoded = decode_image(encode(src, fmt))
+    assert decoded.image.mode == "RGB" and decoded.image.size == src.size
+    assert decoded.alpha is None
+
+
+def test_cmyk_jpeg_colours_survive():
+    decoded = decode_image(encode(quadrant_image().convert("CMYK"), "JPEG", quality=95))
+    for got, want in zip(quadrant_colours(decoded.image), QUADRANTS):
+        assert max(abs(a - b) for a, b in zip(got, want)) < 40
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparent_modes_flatten_on_white_and_keep_alpha(mode):
+    rgba = quadrant_image().convert("RGBA")
+    a = np.full(rgba.size[::-1], 255, np.uint8)
+    a[:, :10] = 0
+    rgba.putalpha(Image.fromarray(a))
+    src = rgba.convert(mode)
+    decoded = decode_image(encode(src, "PNG"))
+    assert decoded.image.mode == "RGB"
+    np.testing.assert_array_equal(decoded.alpha, a)
+    assert tuple(np.asarray(decoded.image)[5, 5]) == (255, 255, 255)  # transparent → white
+
+
+def test_palette_with_transparency():
+    p = quadrant_image().convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    p.info["transparency"] = p.getpixel((0, 0))
+    decoded = decode_image(encode(p, "PNG", transparency=p.getpixel((0, 0))))
+    assert decoded.alpha is not None and decoded.alpha[0, 0] == 0 and decoded.alpha[-1, -1] == 255
+
+
+def test_16_bit_png_is_scaled_not_clipped():
+    ramp = (np.linspace(0, 65535, 64 * 32).reshape(32, 64)).astype(np.uint16)
+    img = Image.fromarray(ramp)
+    assert img.mode.startswith("I;16")
+    decoded = decode_image(encode(img, "PNG"))
+    grey = np.asarray(decoded.image)[..., 0].astype(int)
+    assert grey.min() == 0 and grey.max() == 255
+    # Mid-range stays mid-grey (clipping would turn everything above 255 white).
+    assert 100 < grey[16, 32] < 160
+    assert (grey == 255).mean() < 0.05
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    decoded = decode_image(buf.getvalue())
+    r, g, b = np.asarray(decoded.image)[16, 16]
+    assert r > 200 and b < 50
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "BMP", "TIFF", "GIF"])
+def test_other_formats_decode(fmt):
+    decoded = decode_image(encode(quadrant_image(), fmt))
+    assert decoded.image.size == (96, 48) and decoded.format == fmt
+
+
+def test_errors():
+    with pytest.raises(EmptyUpload):
+        decode_image(b"")
+    with pytest.raises(UnsupportedImage):
+        decode_image(b"<html><body>not an image</body></html>")
+    with pytest.raises(UnsupportedImage):  # a real image in a format outside the allowlist
+        decode_image(encode(quadrant_image(), "PPM"))
+    with pytest.raises(InvalidImage):
+        decode_image(encode(quadrant_image(), "JPEG")[:200])
+    with pytest.raises(InvalidImage):
+        decode_image(encode(Image.new("RGB", (4000, 3)), "PNG"))
+
+
+def test_pixel_cap_refuses_png_before_decoding():
+    big = encode(Image.new("L", (3000, 2000)), "PNG")
+    with pytest.raises(ImageTooLarge):
+        decode_image(big, max_pixels=5_000_000)
+    assert decode_image(big, max_pixels=6_000_000).image.size == (3000, 2000)
+
+
+def test_huge_jpeg_is_decoded_reduced():
+    big = encode(quadrant_image(3000, 2000), "JPEG")
+    decoded = decode_image(big, max_pixels=2_000_000)
+    assert decoded.reduced and decoded.image.size[0] * decoded.image.size[1] <= 2_000_000
+    assert decoded.original_size == (3000, 2000)
+    assert decoded.image.size in ((1500, 1000), (750, 500))
+
+
+def test_encoded_outputs_carry_no_metadata():
+    img = quadrant_image().convert("RGBA")
+    img.info["icc_profile"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img.info["exif"] = b"Exif\x00\x00fake"
+    img.info["dpi"] = (300, 300)
+    data, mime = encode_image(img, "png")
+    out = Image.open(io.BytesIO(data))
+    assert mime == "image/png" and out.mode == "RGBA"
+    assert "icc_profile" not in out.info and "exif" not in out.info and "dpi" not in out.info
+    for fmt, mime_expected in (("jpg", "image/jpeg"), ("webp", "image/webp")):
+        data, mime = encode_image(img, fmt)
+        assert mime == mime_expected
+        out = Image.open(io.BytesIO(data))
+        assert "icc_profile" not in out.info and not out.getexif()
+
+
+def test_png_text_chunks_are_not_carried_over():
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "secret location")
+    decoded = decode_image(encode(quadrant_image(), "PNG", pnginfo=info))
+    data, _ = encode_image(decoded.image, "png")
+    assert b"secret location" not in data
+
+
+def test_sniff_format():
+    assert sniff_format(encode(quadrant_image(), "JPEG")) == "JPEG"
+    assert sniff_format(encode(quadrant_image(), "PNG")) == "PNG"
+    assert sniff_format(encode(quadrant_image(), "WEBP")) == "WEBP"
+    assert sniff_format(b"hello") is None

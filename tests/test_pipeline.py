@@ -1,0 +1,135 @@
+"""The pipeline end to end with a fake engine: every output option, modes and outcomes."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.errors import InvalidParameter, NoPersonFound
+from app.pipeline import CutoutOptions, remove_background
+from conftest import FakeEngine, encode, make_photo
+
+CONFIG = {"REFINE": "none", "MIN_SCORE": 0.5, "MAX_PIXELS": 40_000_000}
+TWO = ((0.05, 0.2, 0.3, 0.9, 0.9), (0.4, 0.1, 0.6, 0.9, 0.95))  # a left person and a central one
+
+
+def run(params=None, engine=None, data=None, config=CONFIG, bg_image=None):
+    options = CutoutOptions.from_params(params or {}, config)
+    options.bg_image = bg_image
+    data = data if data is not None else encode(make_photo((320, 240)), "PNG")
+    cutout = remove_background(data, engine or FakeEngine(), options, config)
+    return cutout, Image.open(io.BytesIO(cutout.data))
+
+
+def test_default_is_rgba_png_at_input_size_with_both_transparent_and_opaque_parts():
+    cutout, img = run()
+    assert cutout.mime == "image/png" and img.format == "PNG" and img.mode == "RGBA"
+    assert img.size == (320, 240) == (cutout.width, cutout.height)
+    alpha = np.asarray(img)[..., 3]
+    assert alpha.min() == 0 and alpha.max() == 255
+    assert cutout.score == pytest.approx(0.98) and cutout.people == 1
+
+
+def test_the_model_is_called_and_its_mask_is_the_alpha():
+    engine = FakeEngine(((0.25, 0.25, 0.75, 0.75, 0.9),))
+    _, img = run(engine=engine)
+    assert engine.calls == 1
+    alpha = np.asarray(img)[..., 3]
+    assert alpha[120, 160] == 255 and alpha[5, 5] == 0 and alpha[120, 70] == 0
+
+
+def test_modes_choose_people():
+    engine = FakeEngine(TWO)
+    central, img_c = run({"mode": "central"}, engine)
+    alpha = np.asarray(img_c)[..., 3]
+    assert alpha[130, 160] == 255 and alpha[130, 55] == 0  # only the central person
+    _, img_a = run({"mode": "all"}, engine)
+    alpha = np.asarray(img_a)[..., 3]
+    assert alpha[130, 160] == 255 and alpha[130, 55] == 255
+    largest, img_l = run({"mode": "largest"}, FakeEngine(((0.05, 0.05, 0.45, 0.95, 0.9), (0.45, 0.4, 0.55, 0.6, 0.95))))
+    alpha = np.asarray(img_l)[..., 3]
+    assert alpha[120, 80] == 255 and alpha[120, 160] == 0
+
+
+def test_no_person_is_an_error_not_an_empty_png():
+    with pytest.raises(NoPersonFound):
+        run(engine=FakeEngine(()))
+    with pytest.raises(NoPersonFound):
+        run(engine=FakeEngine(((0.3, 0.3, 0.6, 0.6, 0.2),)))
+    cutout, _ = run({"min_score": "0.1"}, FakeEngine(((0.3, 0.3, 0.6, 0.6, 0.2),)))
+    assert cutout.score == pytest.approx(0.2)
+
+
+def test_bg_color():
+    _, img = run({"bg_color": "ff0000"})
+    assert img.mode == "RGB" and img.getpixel((2, 2)) == (255, 0, 0)
+
+
+def test_bg_image():
+    bg = encode(Image.new("RGB", (50, 50), (0, 255, 0)), "PNG")
+    _, img = run(bg_image=bg)
+    assert img.mode == "RGB" and img.getpixel((2, 2)) == (0, 255, 0)
+
+
+def test_blur_background():
+    _, img = run({"bg_color": "blur"})
+    assert img.mode == "RGB" and img.size == (320, 240)
+    _, img2 = run({"bg_blur": "true"})
+    assert np.array_equal(np.asarray(img), np.asarray(img2))
+
+
+def test_crop_and_margin():
+    full, _ = run()
+    left, top, w, h = full.foreground
+    cutout, img = run({"crop": "true"})
+    assert img.size == (w, h) and cutout.foreground == (0, 0, w, h)
+    _, img_m = run({"crop": "true", "crop_margin": "10px"})
+    assert img_m.size == (w + 20, min(240, top + h + 10) - max(0, top - 10))
+    _, img_p = run({"crop": "true", "crop_margin": "10%"})
+    assert img_p.size[0] > w
+
+
+def test_alpha_channel_only():
+    _, img = run({"channels": "alpha"})
+    assert img.mode == "L" and img.size == (320, 240)
+    arr = np.asarray(img)
+    assert arr.min() == 0 and arr.max() == 255
+
+
+@pytest.mark.parametrize("fmt,pil_format,mode", [("png", "PNG", "RGBA"), ("webp", "WEBP", "RGBA"), ("jpg", "JPEG", "RGB")])
+def test_formats(fmt, pil_format, mode):
+    cutout, img = run({"format": fmt})
+    assert img.format == pil_format and img.mode == mode and cutout.format == fmt
+    if fmt == "jpg":  # no alpha in JPEG: white background, as remove.bg does
+        assert min(img.getpixel((2, 2))) > 240
+
+
+def test_max_size():
+    cutout, img = run({"max_size": "160"})
+    assert img.size == (160, 120) and (cutout.width, cutout.height) == (160, 120)
+
+
+def test_input_transparency_is_kept():
+    rgba = make_photo((320, 240)).convert("RGBA")
+    a = np.full((240, 320), 255, np.uint8)
+    a[:, 160:] = 0  # the right half of the person is already transparent
+    rgba.putalpha(Image.fromarray(a))
+    _, img = run(data=encode(rgba, "PNG"))
+    alpha = np.asarray(img)[..., 3]
+    assert alpha[120, 150] == 255 and alpha[120, 170] == 0
+
+
+def test_exif_rotated_input_gives_upright_output():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    cutout, img = run(data=encode(make_photo((320, 240)), "JPEG", exif=exif.tobytes()))
+    assert img.size == (240, 320)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"mode": "everyone"}, {"bg_color": "nope"}, {"format": "gif"}, {"channels": "rgb"}, {"max_size": "big"}, {"crop": "maybe"}, {"min_score": "2"}],
+)
+def test_bad_parameters(params):
+    with pytest.raises(InvalidParameter):
+        CutoutOptions.from_params(params, CONFIG)
