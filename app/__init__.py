@@ -23,8 +23,9 @@ def create_app(test_config=None):
         app.config.update(test_config)
     app.config.update(
         MAX_CONTENT_LENGTH=app.config["MAX_UPLOAD_BYTES"],
-        # Text fields are tiny; files are counted by MAX_CONTENT_LENGTH.
-        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        # Text fields are small; files are bounded by MAX_CONTENT_LENGTH. (This limit also caps the
+        # multipart decoder's internal buffer, so it cannot be tiny.)
+        MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=32,
     )
     model.init_app(app)

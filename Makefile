@@ -1,0 +1,51 @@
+# Two commands for a fresh machine (see README):
+#   make run    install everything and start the web app on http://127.0.0.1:8000
+#   make test   install everything (Chromium too, for the browser test) and run the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test install install-dev browser bench clean
+
+$(VENV)/.installed: requirements.txt requirements-selfie.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+# Debian's Chromium for the Playwright test (never `playwright install`: it downloads a browser).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: /usr/bin/chromium is missing; run 'sudo apt-get install -y chromium' or the browser test is skipped"; fi; \
+	fi
+
+# Fetch the weights (selfie from PyPI's mediapipe wheel, Mask R-CNN from download.pytorch.org);
+# without the Mask R-CNN weights (offline, say) the app starts with the selfie engine and says so.
+run: install
+	@$(PY) -m app download-weights --model selfie >/dev/null || true
+	@model=$${BGREMOVAL_MODEL:-maskrcnn}; \
+	if [ "$$model" = maskrcnn ] && [ -z "$$BGREMOVAL_WEIGHTS" ] && ! $(PY) -m app download-weights --model maskrcnn; then \
+	  echo "Mask R-CNN weights are not available: starting with the selfie engine (BGREMOVAL_MODEL=selfie)."; model=selfie; \
+	fi; \
+	echo "Serving on http://$(HOST):$(PORT)"; \
+	BGREMOVAL_MODEL=$$model HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+
+test: install-dev browser
+	$(PY) -m pytest
+
+bench: install-dev
+	$(PY) bench/speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

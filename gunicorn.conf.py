@@ -1,0 +1,46 @@
+"""gunicorn settings for a small PaaS dyno (512 MB–1 GB RAM, 1–2 CPUs). See README "Deploying".
+
+Every value can be overridden with gunicorn's own GUNICORN_CMD_ARGS or the variables below.
+"""
+import os
+
+# PaaS routers connect to $PORT on all interfaces; tests set HOST=127.0.0.1.
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+
+# One worker: each worker holds its own model (~0.2 GB with CPU-only torch, plus ~0.17 GB of
+# weights, memory-mapped), so a second one does not fit 512 MB; raise WEB_CONCURRENCY on bigger boxes.
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+
+# Threads keep /healthz, the page and static files answering while an inference runs; the app
+# itself bounds concurrent inferences (BGREMOVAL_MAX_CONCURRENT) and answers 503 when saturated.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+
+# Worst-case inference on one slow CPU is a few seconds; the first request in a process may also
+# load the weights. 120 s leaves room without letting a stuck worker live forever.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+# SIGTERM (a PaaS restart or scale-down) lets in-flight cutouts finish.
+graceful_timeout = 30
+keepalive = 5
+
+# Recycle workers now and then so memory fragmentation cannot creep up without bound; jitter
+# avoids every worker restarting at once.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "500"))
+max_requests_jitter = 50
+
+# No preload: torch's thread pools do not survive fork(), and the design loads the model lazily in
+# each worker (BGREMOVAL_WARMUP=1 starts loading it as the worker boots).
+preload_app = False
+
+# The heartbeat file on tmpfs, so a slow disk cannot make the arbiter think a worker hung.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# Bounded request lines and headers (gunicorn's defaults, stated here on purpose).
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+accesslog = "-"
+# No query strings or bodies in the access log: only method, path, status, size and time.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+errorlog = "-"
