@@ -4,6 +4,7 @@ import re
 import unicodedata
 
 from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import EmptyUpload, MissingUpload
 
@@ -37,9 +38,22 @@ def read_upload(request, fields=UPLOAD_FIELDS):
                 return data, storage.filename or "image"
         raise MissingUpload(f"send the image in a multipart field named {' or '.join(fields)}, or as the request body")
     data = request.get_data(cache=False, parse_form_data=False)
+    _refuse_cut_body(request, data)
     if not data:
         raise MissingUpload(f"send the image in a multipart field named {' or '.join(fields)}, or as the request body")
     return data, request.args.get("filename") or "image"
+
+
+def _refuse_cut_body(request, data):
+    """413 for a body without Content-Length (chunked) that ran past MAX_CONTENT_LENGTH.
+
+    Werkzeug reads such a body up to the limit and stops there without a word, so an oversized
+    upload would be decoded cut short (422, or worse, a partial image). One more byte on the
+    server's stream tells a body of exactly the limit from a longer one.
+    """
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit and request.input_stream.read(1):
+        raise RequestEntityTooLarge()
 
 
 def request_params(request):
