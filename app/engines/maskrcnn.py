@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import pickle
-import re
 import socket
 import threading
 import zipfile
@@ -34,6 +33,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from ..download import sha256_of
 from ..errors import ModelUnavailable
 from .base import Engine, PersonCandidates
+from .cpu import available_cpus, cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -232,39 +232,6 @@ def model_kwargs(config):
         # Keep low-score boxes: the person threshold is applied by selection, per request.
         "box_score_thresh": min(0.05, float(config["MIN_SCORE"])),
     }
-
-
-def available_cpus():
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2/v1 CPU quota."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    quota = None
-    try:
-        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if text[0] != "max":
-            quota = int(text[0]) / int(text[1])
-    except (OSError, IndexError, ValueError):
-        try:
-            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-            p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-            if q > 0 and p > 0:
-                quota = q / p
-        except (OSError, ValueError):
-            pass
-    if quota:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
-
-
-def cpu_has_native_bf16():
-    """True when the CPU has AVX512-BF16 or AMX-BF16 (read from /proc/cpuinfo, never assumed)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def use_bf16(setting):

@@ -44,6 +44,7 @@ from PIL import Image
 from ..download import DownloadError, download_file, sha256_of
 from ..errors import ModelUnavailable
 from .base import Engine, PersonCandidates
+from .cpu import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -371,24 +372,6 @@ def candidates_from_probability(prob, image_size, threshold=THRESHOLD):
 
 
 # --- engine --------------------------------------------------------------------------------------
-
-
-def available_cpus():
-    """CPUs this process may use: affinity, capped by a cgroup CPU quota where there is one."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    quota = None
-    try:
-        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if text and text[0] != "max":
-            quota = int(text[0]) / int(text[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    if quota:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
 
 
 class _Model:
