@@ -1,0 +1,96 @@
+"""Engine choice: lazy imports (selfie never imports torch, Mask R-CNN never LiteRT), the registry."""
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from app.engines import EngineRegistry, weights_status
+from app.errors import InvalidParameter, ModelUnavailable
+from conftest import SHARED, FakeEngine
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = SHARED / "models"
+
+SERVE_ONE = """
+import io, json, sys
+sys.path.insert(0, "tests")
+from conftest import encode, make_photo
+from app import create_app
+app = create_app({"TESTING": True})
+r = app.test_client().post("/api/remove", data=encode(make_photo((320, 240)), "JPEG"))
+print(json.dumps({"status": r.status_code, "torch": "torch" in sys.modules, "litert": any(m.startswith("ai_edge_litert") for m in sys.modules)}))
+"""
+
+
+def serve_one(env):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("BGREMOVAL_")}
+    full.update(env, BGREMOVAL_REFINE="none")
+    out = subprocess.run([sys.executable, "-c", SERVE_ONE], cwd=ROOT, env=full, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not (MODELS / "selfie_segmentation.tflite").exists(), reason=f"no selfie models in {MODELS}")
+def test_a_selfie_process_never_imports_torch(tmp_path):
+    result = serve_one({"BGREMOVAL_MODEL": "selfie", "BGREMOVAL_SELFIE_WEIGHTS": str(MODELS), "BGREMOVAL_WEIGHTS_DIR": str(tmp_path)})
+    assert result["torch"] is False and result["litert"] is True
+    assert result["status"] in (200, 422)  # a synthetic figure may not read as a person to MediaPipe
+
+
+def test_a_maskrcnn_process_never_imports_litert(tmp_path, stand_in_checkpoint):
+    result = serve_one({"BGREMOVAL_MODEL": "maskrcnn", "BGREMOVAL_WEIGHTS": str(stand_in_checkpoint), "BGREMOVAL_WEIGHTS_DIR": str(tmp_path)})
+    assert result == {"status": 200, "torch": True, "litert": False}
+
+
+def test_registry_builds_each_engine_once_under_concurrency():
+    built = []
+    gate = threading.Barrier(8)
+
+    def factory(name, config):
+        built.append(name)
+        return FakeEngine()
+
+    registry = EngineRegistry({"MODEL": "maskrcnn"}, factory)
+    engines = []
+
+    def get():
+        gate.wait()
+        engines.append(registry.get())
+
+    threads = [threading.Thread(target=get) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built == ["maskrcnn"] and len({id(e) for e in engines}) == 1
+    registry.get("selfie")
+    assert built == ["maskrcnn", "selfie"] and registry.loaded() == ["maskrcnn", "selfie"]
+    with pytest.raises(InvalidParameter):
+        registry.get("u2net")
+
+
+def test_a_failed_build_is_retried_later():
+    attempts = []
+
+    def factory(name, config):
+        attempts.append(name)
+        if len(attempts) == 1:
+            raise ModelUnavailable("not yet")
+        return FakeEngine()
+
+    registry = EngineRegistry({"MODEL": "maskrcnn"}, factory)
+    with pytest.raises(ModelUnavailable):
+        registry.get()
+    assert isinstance(registry.get(), FakeEngine) and len(attempts) == 2
+
+
+def test_weights_status_without_loading(tmp_path, stand_in_checkpoint):
+    config = {"WEIGHTS": None, "WEIGHTS_DIR": str(tmp_path), "WEIGHTS_URL": "https://example.invalid/m-abcdef12.pth"}
+    ok, reason = weights_status("maskrcnn", config)
+    assert not ok and "download-weights" in reason
+    ok, _ = weights_status("maskrcnn", {**config, "WEIGHTS": str(stand_in_checkpoint)})
+    assert ok
