@@ -6,6 +6,7 @@ downloads them, cuts them out under one of the web app's inference slots and sen
 as a PNG *document*: a photo would be recompressed to JPEG, which has no transparency. Bot API calls
 use urllib, so the bot adds no dependency.
 """
+import atexit
 import hmac
 import io
 import json
@@ -72,6 +73,8 @@ REPLY_QUEUE_SIZE = 256
 # Chats whose settings and rate windows are remembered (least recently used are forgotten).
 MAX_CHATS = 10_000
 MAX_BACKOFF = 30.0
+# On exit, how long queued photos get to finish: under gunicorn's graceful_timeout (30 s).
+DRAIN_SECONDS = 25.0
 PREVIEW_SIDE = 1280
 # Content a user might send instead of an image: answered with "not an image", not ignored.
 NON_IMAGE_KINDS = ("sticker", "video", "animation", "audio", "voice", "video_note", "contact", "location", "poll")
@@ -501,6 +504,10 @@ class Bot:
         with self._lock:
             if self._closed:
                 return
+            if self._messenger is None:
+                # The threads are daemons; this lets a graceful exit (gunicorn recycling or
+                # stopping a worker) answer what is queued instead of dropping it.
+                atexit.register(self.shutdown, DRAIN_SECONDS)
             if self._messenger is None or not self._messenger.is_alive():
                 self._messenger = threading.Thread(target=self._deliver, name="telegram-messenger", daemon=True)
                 self._messenger.start()
@@ -511,7 +518,7 @@ class Bot:
                 worker.start()
                 self._workers.append(worker)
 
-    def shutdown(self, timeout=30.0):
+    def shutdown(self, timeout=DRAIN_SECONDS):
         """Let the workers finish what is queued, then stop the threads (poll mode's exit, tests)."""
         with self._lock:
             self._closed = True

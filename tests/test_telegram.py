@@ -478,6 +478,21 @@ def test_full_queue_answers_busy_and_the_webhook_stays_fast(api_server, make_bot
     assert sorted(c[1]["file_id"] for c in api_server.called("getFile")) == ["first", "second"]
 
 
+def test_shutdown_answers_what_is_queued(api_server, make_bot_app):
+    engine = BlockingEngine()
+    app = make_bot_app(engine)
+    client = app.test_client()
+    post(client, photo_update(api_server, make_photo(), file_id="first"))
+    assert engine.started.wait(10)
+    post(client, photo_update(api_server, make_photo(), file_id="second"))
+    stopper = threading.Thread(target=telegram.get_bot(app).shutdown, args=(10,))
+    stopper.start()
+    engine.release.set()
+    stopper.join(15)
+    assert not stopper.is_alive()
+    assert len(api_server.called("sendDocument")) == 2
+
+
 def test_rate_limit_per_chat(api_server, make_bot_app):
     client = make_bot_app(TELEGRAM_RATE_LIMIT=2).test_client()
     for i in range(3):
