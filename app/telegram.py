@@ -30,7 +30,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from PIL import Image
 
 from . import model
-from .errors import BgRemovalError, ImageTooLarge, InvalidParameter, UnsupportedImage
+from .errors import BgRemovalError, ImageTooLarge, InvalidParameter
 from .http import output_name
 from .pipeline import CutoutOptions, remove_background
 
@@ -214,6 +214,8 @@ class BotAPI:
             payload = json.loads(raw)
         except ValueError:
             raise TelegramError(method, 0, "the Bot API answered with something that is not JSON") from None
+        if not isinstance(payload, dict):
+            raise TelegramError(method, 0, "the Bot API answered with something that is not an object")
         if not payload.get("ok"):
             raise self._error(method, payload.get("error_code") or 0, payload)
         return payload.get("result")
@@ -271,6 +273,10 @@ class BotAPI:
 
     def _error(self, method, status, payload):
         retry_after = (payload.get("parameters") or {}).get("retry_after")
+        try:
+            retry_after = None if retry_after is None else max(0.0, float(retry_after))
+        except (TypeError, ValueError):
+            retry_after = None
         description = self._scrub(str(payload.get("description") or f"HTTP {status}"))
         return TelegramError(method, int(payload.get("error_code") or status), description, retry_after)
 
@@ -398,8 +404,14 @@ class Bot:
         reply_to = message.get("message_id")
         found = self._image_of(message)
         if found is None:
-            if isinstance(message.get("text"), str):
-                self.reply(chat_id, self._answer_text(chat_id, message["text"]), reply_to)
+            text = message.get("text")
+            if isinstance(text, str) and text.startswith("/"):
+                self.reply(chat_id, self._answer_text(chat_id, text), reply_to)
+                return "reply"
+            if message["chat"].get("type") != "private":
+                return "ignored"  # in a group, chatter and stickers are not meant for the bot
+            if isinstance(text, str):
+                self.reply(chat_id, REPLIES["send_photo"], reply_to)
                 return "reply"
             if message.get("document") or any(kind in message for kind in NON_IMAGE_KINDS):
                 self.reply(chat_id, REPLIES["unsupported_format"], reply_to)
@@ -450,9 +462,7 @@ class Bot:
         return None
 
     def _answer_text(self, chat_id, text):
-        """The reply to a text message: a command's answer, or a hint to send a photo."""
-        if not text.startswith("/"):
-            return REPLIES["send_photo"]
+        """The answer to a command."""
         parts = text.split(maxsplit=1)
         command = parts[0][1:].split("@", 1)[0].lower()
         arg = parts[1].strip().lower() if len(parts) > 1 else ""
@@ -586,7 +596,7 @@ class Bot:
             if exc.status == 400 and "too big" in exc.description.lower():
                 raise ImageTooLarge() from None
             if exc.status == 400:
-                raise UnsupportedImage("Telegram could not find the file") from None
+                raise BgRemovalError("Telegram could not find the file") from None
             raise
         if (info.get("file_size") or 0) > self.max_file_bytes:
             raise ImageTooLarge()

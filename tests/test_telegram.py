@@ -342,6 +342,23 @@ def test_redelivered_update_is_processed_once(api_server, make_bot_app):
     assert len(api_server.called("sendDocument")) == 1
 
 
+def test_in_groups_only_commands_and_images_are_answered(api_server, make_bot_app):
+    client = make_bot_app().test_client()
+    group = {"id": -100, "type": "supergroup"}
+    for content in ({"text": "lol"}, {"sticker": {"file_id": "st"}}, {"text": "/mode@bgremovalbot all"}):
+        update = message_update(**content)
+        update["message"]["chat"] = group
+        post(client, update)
+    update = photo_update(api_server, make_photo())
+    update["message"]["chat"] = group
+    post(client, update)
+    (reply,) = api_server.wait_for("sendMessage")
+    assert reply[1]["text"] == "Mode set to all." and reply[1]["chat_id"] == -100
+    api_server.wait_for("sendDocument")
+    time.sleep(0.2)
+    assert len(api_server.called("sendMessage")) == 1
+
+
 # --- what it handles ---
 
 
