@@ -140,5 +140,9 @@ def init_app(app):
         if request.path.startswith("/api/") or request.blueprint != "web":
             response = jsonify({"errors": [{"code": error.name.lower().replace(" ", "_"), "title": error.name}]})
             response.status_code = error.code
+            # Keep the error's own headers (Allow on a 405), not its HTML Content-Type.
+            for key, value in error.get_headers():
+                if key.lower() != "content-type":
+                    response.headers[key] = value
             return response
         return error

@@ -125,7 +125,7 @@ def _to_rgb_and_alpha(img):
     return img, None
 
 
-def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS):
+def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS, min_side=MIN_SIDE):
     """Decode upload bytes into a ``DecodedImage``; raise a domain error for anything unusable."""
     if not data:
         raise EmptyUpload()
@@ -171,8 +171,8 @@ def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS):
         raise InvalidImage() from exc
     except MemoryError as exc:
         raise ImageTooLarge("the image is too large to decode") from exc
-    if min(rgb.size) < MIN_SIDE:
-        raise InvalidImage(f"the image is {rgb.size[0]}×{rgb.size[1]} pixels; each side needs at least {MIN_SIDE}")
+    if min(rgb.size) < min_side:
+        raise InvalidImage(f"the image is {rgb.size[0]}×{rgb.size[1]} pixels; each side needs at least {min_side}")
     rgb.info = {}
     return DecodedImage(image=rgb, alpha=alpha, format=fmt, original_size=original_size, reduced=reduced)
 

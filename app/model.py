@@ -70,6 +70,8 @@ def readiness(app=None):
     name = resource.registry.resolve_name()
     if name in resource.registry.loaded():
         return True, f"{name} loaded"
+    if name in resource.registry.failures:
+        return False, resource.registry.failures[name]
     if resource.registry.injected:
         return True, f"{name} injected"
     return weights_status(name, resource.registry.config)

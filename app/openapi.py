@@ -6,10 +6,10 @@ from .selection import MODES
 PARAMETERS = {
     "mode": {"type": "string", "enum": list(MODES), "default": "central", "description": "Which person to keep: the central one (score × area / distance⁴), the largest, or all."},
     "model": {"type": "string", "enum": ["maskrcnn", "selfie"], "description": "Engine: Mask R-CNN (default) or MediaPipe's selfie segmenter (portraits, small servers)."},
-    "bg_color": {"type": "string", "description": "Background colour as hex (rgb, rrggbb or rrggbbaa); 'transparent' (default) or 'blur' (portrait mode).", "example": "ffffff"},
+    "bg_color": {"type": "string", "pattern": r"^(#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})|transparent|none|blur|white|black|red|green|blue|grey|gray)$", "description": "Background colour as hex (rgb, rrggbb or rrggbbaa); 'transparent' (default) or 'blur' (portrait mode).", "example": "ffffff"},
     "bg_blur": {"type": "boolean", "description": "Portrait mode: the photo itself, blurred, as background."},
     "crop": {"type": "boolean", "default": False, "description": "Crop to the subject."},
-    "crop_margin": {"type": "string", "default": "0", "description": "Margin around the crop: pixels (20 or 20px) or a percentage (10%).", "example": "10%"},
+    "crop_margin": {"type": "string", "default": "0", "pattern": r"^[0-9]+(\.[0-9]+)?(px|%)?$", "description": "Margin around the crop: pixels (20 or 20px) or a percentage (10%).", "example": "10%"},
     "channels": {"type": "string", "enum": list(CHANNELS), "default": "rgba", "description": "rgba: the cutout; alpha: the mask only, 8-bit greyscale."},
     "format": {"type": "string", "enum": list(FORMATS), "default": "png", "description": "Output format. JPEG has no transparency: a white background unless bg_color is given."},
     "max_size": {"type": "integer", "minimum": 0, "maximum": 20000, "default": 0, "description": "Longest output side in pixels; 0 keeps the input's size."},

@@ -172,7 +172,8 @@ def remove_background(data, engine, options=None, config=None):
     decoded = imaging.decode_image(data, max_pixels=int(config.get("MAX_PIXELS", 40_000_000)))
     background = None
     if options.bg_image is not None:
-        background = imaging.decode_image(options.bg_image, max_pixels=int(config.get("MAX_PIXELS", 40_000_000))).image
+        # A background may be tiny (a swatch): it is stretched to cover the photo anyway.
+        background = imaging.decode_image(options.bg_image, max_pixels=int(config.get("MAX_PIXELS", 40_000_000)), min_side=1).image
     timings["decode"] = time.perf_counter() - t0
     image = decoded.image
     min_score = options.min_score if options.min_score is not None else float(config.get("MIN_SCORE", 0.5))

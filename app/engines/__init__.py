@@ -60,6 +60,8 @@ class EngineRegistry:
         self.factory = factory or build_engine
         self._engines = {}
         self._lock = threading.Lock()
+        # The last build error per engine name, for /readyz (cleared by a later success).
+        self.failures = {}
 
     def resolve_name(self, name=None):
         """The engine name to use: ``name`` or the configured default, validated."""
@@ -72,6 +74,8 @@ class EngineRegistry:
 
     def get(self, name=None):
         """The engine called ``name`` (default: the configured one), built on first use."""
+        from ..errors import BgRemovalError
+
         name = self.resolve_name(name)
         engine = self._engines.get(name)
         if engine is not None:
@@ -79,8 +83,13 @@ class EngineRegistry:
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
-                engine = self.factory(name, self.config)
+                try:
+                    engine = self.factory(name, self.config)
+                except BgRemovalError as exc:
+                    self.failures[name] = str(exc)
+                    raise
                 self._engines[name] = engine
+                self.failures.pop(name, None)
         return engine
 
     def loaded(self):
