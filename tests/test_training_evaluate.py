@@ -144,7 +144,7 @@ def test_table_and_plot(tmp_path):
     text = write_summary(summaries, tmp_path)
     assert "| val | untuned | 3 | 0.7000 |" in text and (tmp_path / "summary.csv").exists()
     reference = tmp_path / "ref.csv"
-    reference.write_text("epoch,test_mean_iou,train_mean_iou\n0,0.1,0.1\n1,0.8,0.85\n")
+    reference.write_bytes(b"epoch,test_mean_iou,train_mean_iou\n0,0.1\r,0.1\n1,0.8\r,0.85\n")  # the original's stray CRs
     png = write_curve(summaries, tmp_path, reference)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(tmp_path / "mean_iou_by_epoch.csv", newline="") as f:

@@ -74,8 +74,7 @@ def test_download_subset_train_evaluate_export_cutout(tmp_path_factory, tmp_path
     }
     out = tmp_path / "cutout.png"
     # Two epochs on three images make a weak detector: accept any person it is at all sure of.
-    # Edge refinement is the app's business, not the head's: off, so only the mask is tested.
-    command = [sys.executable, "-m", "app", "remove", str(photo), "-o", str(out), "--min-score", "0.05", "--refine", "none"]
+    command = [sys.executable, "-m", "app", "remove", str(photo), "-o", str(out), "--min-score", "0.05"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     cutout = Image.open(out)

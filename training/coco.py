@@ -24,6 +24,17 @@ class CocoIndex:
             self.anns[int(ann["id"])] = ann
             self.anns_by_image.setdefault(int(ann["image_id"]), []).append(ann)
 
+    def restricted(self, image_ids):
+        """A smaller index holding only ``image_ids`` and all their annotations."""
+        keep = set(int(i) for i in image_ids)
+        return CocoIndex(
+            {
+                **{k: v for k, v in self.data.items() if k not in ("images", "annotations")},
+                "images": [img for i, img in self.images.items() if i in keep],
+                "annotations": [a for i in keep for a in self.anns_by_image.get(i, ())],
+            }
+        )
+
     @classmethod
     def load(cls, path):
         """Read an instances JSON file."""

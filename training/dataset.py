@@ -1,7 +1,6 @@
 """The training/evaluation dataset: each subset image with its one chosen person."""
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
@@ -20,8 +19,13 @@ class CentralPersonDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, annotations, subset, image_dir, hflip_prob=0.0):
-        self.index = annotations if isinstance(annotations, CocoIndex) else CocoIndex.load(annotations)
         self.rows = subset if isinstance(subset, list) else read_subset(subset)
+        if isinstance(annotations, CocoIndex):
+            self.index = annotations
+        else:
+            # Keep only the subset's images: train2014's full index is gigabytes of Python objects,
+            # which every data-loader worker would otherwise copy.
+            self.index = CocoIndex.load(annotations).restricted(row["image_id"] for row in self.rows)
         self.image_dir = Path(image_dir)
         self.hflip_prob = float(hflip_prob)
         for row in self.rows:  # fail at construction, not in the middle of an epoch
@@ -69,13 +73,3 @@ class CentralPersonDataset(torch.utils.data.Dataset):
             "iscrowd": torch.zeros((1,), dtype=torch.int64),
         }
         return tensor, target
-
-
-def image_ids(dataset):
-    """The subset's image ids, in dataset order."""
-    return [row["image_id"] for row in dataset.rows]
-
-
-def as_numpy_mask(mask):
-    """A tensor or array mask as a bool numpy array."""
-    return np.asarray(mask.numpy() if isinstance(mask, torch.Tensor) else mask).astype(bool)

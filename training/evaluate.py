@@ -239,8 +239,8 @@ def write_curve(summaries, eval_dir, reference=None):
         if s["model"] == "untuned":
             ax.axhline(s["mean_iou"], ls=":", color=colours[s["split"]], label=f"{SPLIT_LABELS[s['split']]} (un-tuned COCO)")
     if reference:
-        with open(reference, newline="") as f:
-            ref = list(csv.DictReader(f))
+        # The original's CSVs carry stray carriage returns inside rows: drop them before parsing.
+        ref = list(csv.DictReader(Path(reference).read_bytes().decode("utf-8").replace("\r", "").splitlines()))
         for column, split in (("test_mean_iou", "val"), ("train_mean_iou", "train")):
             if ref and column in ref[0]:
                 ax.plot([int(r["epoch"]) for r in ref], [float(r[column]) for r in ref], ls="--", lw=1, color=colours[split], alpha=0.5, label=f"{SPLIT_LABELS[split]} (original)")
