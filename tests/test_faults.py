@@ -84,14 +84,14 @@ def test_corrupt_weights_file_is_a_503_with_the_reason(tmp_path, content):
     assert client.get("/healthz").status_code == 200
 
 
-@pytest.mark.xfail(reason="app/model.py readiness: an existing but unloadable weights file reads as ready")
 def test_readyz_reports_weights_that_failed_to_load(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     app = make_app(tmp_path, WEIGHTS=str(bad))
     client = app.test_client()
     assert post_photo(client).status_code == 503
-    assert client.get("/readyz").status_code == 503
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "could not be read" in ready.get_json()["reason"]
 
 
 def test_truncated_weights_file_is_a_503(tmp_path, stand_in_checkpoint):
