@@ -299,6 +299,47 @@ def test_too_many_multipart_parts(client):
     assert_good_request_works(client)
 
 
+@pytest.mark.xfail(reason="app/api.py: a 413 for too many parts or a big text field says 'uploads are limited to 25 MB'")
+def test_too_many_parts_says_so(client):
+    data = {f"field{i}": "x" for i in range(40)}
+    data["file"] = (io.BytesIO(badinputs.good_jpeg()), "a.jpg")
+    error = assert_json_error(client.post("/api/remove", data=data), 413, "file_too_large")
+    assert "25 MB" not in error.get("detail", "")
+
+
+def test_busy_is_a_503_with_retry_after(fake_engine, tmp_path):
+    """One inference slot, held: the next request waits QUEUE_TIMEOUT, then gets 503 busy."""
+    import threading
+
+    from app import create_app
+
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowEngine(type(fake_engine)):
+        def detect(self, image):
+            entered.set()
+            release.wait(10)
+            return super().detect(image)
+
+    engine = SlowEngine()
+    app = create_app(
+        {"TESTING": True, "REFINE": "none", "MAX_CONCURRENT": 1, "QUEUE_TIMEOUT": 0.2, "ENGINE_FACTORY": lambda n, c: engine}
+    )
+    first = []
+    holder = threading.Thread(target=lambda: first.append(post_raw(app.test_client(), Case("a", badinputs.good_jpeg(), 200))))
+    holder.start()
+    try:
+        assert entered.wait(10)
+        assert_json_error(post_raw(app.test_client(), Case("b", badinputs.good_jpeg(), 200)), 503, "busy")
+        page = app.test_client().post("/", data={"file": (io.BytesIO(badinputs.good_jpeg()), "b.jpg")})
+        assert page.status_code == 503 and page.mimetype == "text/html"
+    finally:
+        release.set()
+        holder.join(10)
+    assert first[0].status_code == 200
+    assert_good_request_works(app.test_client())
+
+
 def test_form_body_over_the_limit(client, over_limit):
     form = timed(lambda: client.post("/", data={"file": (io.BytesIO(over_limit), "big.jpg")}))
     assert form.status_code == 413 and form.mimetype == "text/html" and 'role="alert"' in form.get_data(as_text=True)
