@@ -11,10 +11,12 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 # weights, memory-mapped), so a second one does not fit 512 MB; raise WEB_CONCURRENCY on bigger boxes.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 
-# Threads keep /healthz, the page and static files answering while an inference runs; the app
-# itself bounds concurrent inferences (BGREMOVAL_MAX_CONCURRENT) and answers 503 when saturated.
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# uvicorn's worker reads requests on an event loop, so slow clients (slowloris) cost a coroutine
+# each instead of holding a thread; complete requests run in asgi.py's pool of GUNICORN_THREADS
+# threads, which keep /healthz, the page and static files answering while an inference runs.
+# The app itself bounds concurrent inferences (BGREMOVAL_MAX_CONCURRENT) and answers 503 when
+# saturated.
+worker_class = "uvicorn_worker.UvicornWorker"
 
 # Worst-case inference on one slow CPU is a few seconds; the first request in a process may also
 # load the weights. 120 s leaves room without letting a stuck worker live forever.
@@ -40,7 +42,6 @@ limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
 
+# uvicorn's access log prints the path and query string, never bodies; errors go to stderr.
 accesslog = "-"
-# No query strings or bodies in the access log: only method, path, status, size and time.
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"

@@ -132,8 +132,13 @@ def init_app(app):
     @app.errorhandler(RequestEntityTooLarge)
     def handle_too_large(error):
         limit = app.config["MAX_UPLOAD_BYTES"]
-        domain = ImageTooLarge(f"uploads are limited to {limit // (1024 * 1024)} MB")
-        return handle_domain_error(domain)
+        length = request.content_length
+        if request.mimetype == "multipart/form-data" and length is not None and length <= limit:
+            # Under the byte limit, so Werkzeug refused the form's shape, not its size.
+            detail = f"the form has more than {app.config['MAX_FORM_PARTS']} parts or a text field over {app.config['MAX_FORM_MEMORY_SIZE'] // 1024} KB"
+        else:
+            detail = f"uploads are limited to {limit / 2**20:.3g} MB"
+        return handle_domain_error(ImageTooLarge(detail))
 
     @app.errorhandler(HTTPException)
     def handle_http_error(error):
