@@ -95,7 +95,11 @@ class CutoutOptions:
                 raise InvalidParameter("max_size must be between 0 and 20000")
         refine = get("refine")
         if refine not in (None, ""):
+            from .refine import REFINE_METHODS  # noqa: PLC0415 - numpy/Pillow only
+
             opts.refine = str(refine).strip().lower()
+            if opts.refine not in REFINE_METHODS:
+                raise InvalidParameter(f"refine must be one of {', '.join(REFINE_METHODS)}")
         score = get("min_score")
         if score not in (None, ""):
             try:

@@ -56,17 +56,6 @@ api_settings = settings(
     max_examples=API_EXAMPLES, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck), database=None
 )
 PHOTO = badinputs.good_jpeg()
-def known_bug(case, response, failure):
-    """The reported, not yet fixed, app bug behind ``failure``, or None (each has an xfail test below)."""
-    if type(failure).__name__ == "RejectedPositiveData" and response.status_code == 400:
-        detail = (response.json().get("errors") or [{}])[0].get("detail", "")
-        if detail.startswith("refine must be"):
-            return "refine has no enum in the schema"
-        if detail.startswith("crop_margin must be"):
-            return "crop_margin's pattern allows values over the API's range"
-    return None
-
-
 def legitimate(response, failure):
     """A valid request may still find nobody: min_score above the person's score is a 422, as documented."""
     if type(failure).__name__ == "RejectedPositiveData" and response.status_code == 422:
@@ -79,7 +68,7 @@ def call_and_validate(case, excluded_checks=()):
     try:
         case.validate_response(response, excluded_checks=list(excluded_checks))
     except FailureGroup as group:
-        if not all(legitimate(response, f) or known_bug(case, response, f) for f in group.exceptions):
+        if not all(legitimate(response, f) for f in group.exceptions):
             raise
 
 
@@ -110,9 +99,9 @@ def test_api_serves_schema_valid_parameters_with_a_real_photo(case):
     call_and_validate(case, excluded_checks=[negative_data_rejection])
 
 
-# Bugs the fuzzing found, one test each. Fixed: 405 without Allow, refine not validated, bg_color
-# and crop_margin without patterns. Still open (xfail, and excused in ``known_bug``): refine's values
-# are not in the schema, and crop_margin's pattern allows values beyond the API's range.
+# Bugs the fuzzing found, one regression test each (all fixed): 405 without Allow, refine not
+# validated, bg_color and crop_margin without patterns, refine's values missing from the schema, and
+# crop_margin's pattern allowing values beyond the API's range.
 
 
 def test_405_names_the_allowed_methods():
@@ -131,7 +120,6 @@ def test_schema_patterns_match_what_the_api_accepts():
     assert "pattern" in PARAMETERS["bg_color"] and "pattern" in PARAMETERS["crop_margin"]
 
 
-@pytest.mark.xfail(reason="app/openapi.py: crop_margin's pattern allows 101% and 10001px, which the API refuses")
 @pytest.mark.parametrize("margin", ["101%", "250%", "10001", "99999px"])
 def test_crop_margin_pattern_matches_the_accepted_range(margin):
     import re
@@ -143,7 +131,6 @@ def test_crop_margin_pattern_matches_the_accepted_range(margin):
         assert response.status_code == 200, response.get_json()
 
 
-@pytest.mark.xfail(reason="app/openapi.py: refine accepts any string in the schema; the API takes only guided or none")
 def test_schema_lists_the_refine_methods():
     from app.openapi import PARAMETERS
 
