@@ -130,6 +130,11 @@ def test_frozen_weights_and_batch_norm_statistics_do_not_move(base_weights):
     assert changed and all(k.startswith(HEAD_PREFIXES) for k in changed)
 
 
+def test_a_used_output_dir_needs_resume(data, base_weights, overfit_run):
+    with pytest.raises(SystemExit, match="already holds checkpoints"):
+        train(data, base_weights, overfit_run, "--epochs", "1")
+
+
 def test_an_empty_subset_is_refused(data, base_weights, tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("image_id,ann_id,area_fraction\n")

@@ -220,6 +220,7 @@ def write_curve(summaries, eval_dir, reference=None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     eval_dir = Path(eval_dir)
     by_split = {split: {s["epoch"]: s["mean_iou"] for s in summaries if s["split"] == split and s["epoch"] != ""} for split in SPLIT_LABELS}
@@ -244,6 +245,7 @@ def write_curve(summaries, eval_dir, reference=None):
         for column, split in (("test_mean_iou", "val"), ("train_mean_iou", "train")):
             if ref and column in ref[0]:
                 ax.plot([int(r["epoch"]) for r in ref], [float(r[column]) for r in ref], ls="--", lw=1, color=colours[split], alpha=0.5, label=f"{SPLIT_LABELS[split]} (original)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean IoU")
     ax.set_title("Central person: mean IoU per epoch")

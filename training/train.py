@@ -253,6 +253,10 @@ def main(args):
         args.amp = device.type == "cuda"
     utils.seed_everything(args.seed)  # the new heads' initialisation (same on every rank)
     print(f"train: {plain_args(args)}")
+    output_dir = Path(args.output_dir)
+    if not args.resume and list_checkpoints(output_dir):
+        # Mixing two runs' checkpoints in one folder would make evaluate's curve meaningless.
+        raise SystemExit(f"{output_dir} already holds checkpoints: pass --resume {output_dir} to continue, or another --output-dir")
 
     annotations, images, subset = split_paths(args, "train")
     dataset = CentralPersonDataset(annotations, subset, images, hflip_prob=args.hflip_prob)
@@ -299,7 +303,6 @@ def main(args):
         start_epoch = int(checkpoint["epoch"])
         print(f"resumed from {path}: {start_epoch} epoch(s) done")
 
-    output_dir = Path(args.output_dir)
     if utils.is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         if start_epoch == 0:  # the untrained heads: epoch 0 of the IoU-per-epoch curve
