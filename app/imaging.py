@@ -8,6 +8,7 @@ import io
 import struct
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -187,7 +188,8 @@ def encode_image(image, fmt="png", png_compress_level=1, quality=92):
     image.info = {}  # Pillow writes some info keys (icc_profile, exif, dpi) back out otherwise
     buffer = io.BytesIO()
     if name == "PNG":
-        # Level 1 is several times faster than the default 6 for a few % more bytes.
+        if image.mode in PNG_COLOR_TYPES:
+            return encode_png(np.asarray(image), png_compress_level), MIME_TYPES[name]
         image.save(buffer, "PNG", compress_level=png_compress_level)
     elif name == "JPEG":
         if image.mode not in ("RGB", "L"):
@@ -196,3 +198,51 @@ def encode_image(image, fmt="png", png_compress_level=1, quality=92):
     else:
         image.save(buffer, "WEBP", quality=quality, method=3, lossless=False, exact=image.mode == "RGBA")
     return buffer.getvalue(), MIME_TYPES[name]
+
+
+PNG_COLOR_TYPES = {"L": 0, "RGB": 2, "RGBA": 6}
+_png_pool = None
+
+
+def _png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def encode_png(array, level=1, parts=None):
+    """An 8-bit L, RGB or RGBA array as PNG bytes: "Up"-filtered rows, deflated in parallel.
+
+    Pillow tries every PNG filter on every row and deflates on one core; for a 12 MP cutout that
+    is most of the request. One cheap filter (computed in numpy) and one raw-deflate stream per
+    CPU, joined with full flushes into one valid zlib stream, give the same file size ~3x faster.
+    """
+    global _png_pool
+    from .engines.cpu import available_cpus
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    height, width = array.shape[:2]
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    color_type = {1: 0, 3: 2, 4: 6}[channels]
+    rows = array.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), np.uint8)
+    filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it (mod 256)
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    raw = filtered.reshape(-1)
+    parts = max(1, min(parts or available_cpus(), height, 8))
+    bounds = [round(height * i / parts) * (width * channels + 1) for i in range(parts + 1)]
+
+    def deflate(i):
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        body = compressor.compress(raw[bounds[i] : bounds[i + 1]])
+        return body + compressor.flush(zlib.Z_FINISH if i == parts - 1 else zlib.Z_FULL_FLUSH)
+
+    if parts > 1:
+        if _png_pool is None:
+            _png_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="png")
+        pieces = list(_png_pool.map(deflate, range(parts)))  # zlib releases the GIL
+    else:
+        pieces = [deflate(0)]
+    zlib_header = bytes([0x78, 0x01])  # deflate, 32 KB window, "fastest" flag
+    idat = zlib_header + b"".join(pieces) + struct.pack(">I", zlib.adler32(raw))
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")

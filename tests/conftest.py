@@ -5,6 +5,7 @@ random weights whose predictors are set so every proposal is a confident person 
 mask: a deterministic stand-in for trained weights that still runs every layer of the model.
 """
 import io
+import math
 import os
 import threading
 from functools import partial
@@ -80,8 +81,12 @@ class FakeEngine(Engine):
         return PersonCandidates(image_size=(w, h), boxes=boxes, scores=scores, areas=areas, paste=paste)
 
 
-def stand_in_state_dict(seed=0, num_classes=91):
-    """Random Mask R-CNN weights whose heads call every proposal a person with a full-box mask."""
+def stand_in_state_dict(seed=0, num_classes=91, box_scale=1.0):
+    """Random Mask R-CNN weights whose heads call every proposal a person with a full-box mask.
+
+    ``box_scale`` > 1 grows every proposal's box by that factor (clipped to the image), so the
+    chosen "person" covers a photo-like share of the frame (the benchmarks use it).
+    """
     import torch
 
     from app.engines.maskrcnn import build_model
@@ -95,6 +100,8 @@ def stand_in_state_dict(seed=0, num_classes=91):
         box.cls_score.bias[1] = 10.0
         box.bbox_pred.weight.zero_()
         box.bbox_pred.bias.zero_()
+        # Box deltas (dx, dy, dw, dh) are divided by the coder's weights (10, 10, 5, 5).
+        box.bbox_pred.bias[4 * 1 + 2 : 4 * 1 + 4] = 5.0 * math.log(box_scale)
         mask.mask_fcn_logits.weight.zero_()
         mask.mask_fcn_logits.bias.fill_(-10.0)
         mask.mask_fcn_logits.bias[1] = 10.0

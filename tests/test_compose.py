@@ -24,8 +24,10 @@ def test_transparent_output_keeps_pixels_and_exact_alpha():
     out = composite(img, a)
     arr = np.asarray(out)
     assert out.mode == "RGBA" and out.size == img.size
-    np.testing.assert_array_equal(arr[..., :3], np.asarray(img))
+    visible = to_alpha8(a) > 0
+    np.testing.assert_array_equal(arr[..., :3][visible], np.asarray(img)[visible])
     np.testing.assert_array_equal(arr[..., 3], to_alpha8(a))
+    assert (arr[~visible] == 0).all()  # fully transparent pixels are cleared to (0, 0, 0, 0)
     assert arr[20, 19, 3] == 128 and arr[0, 0, 3] == 0 and arr[20, 30, 3] == 255
 
 
