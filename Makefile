@@ -39,7 +39,7 @@ run: install
 	  echo "Mask R-CNN weights are not available: starting with the selfie engine (BGREMOVAL_MODEL=selfie)."; model=selfie; \
 	fi; \
 	echo "Serving on http://$(HOST):$(PORT)"; \
-	BGREMOVAL_MODEL=$$model HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+	BGREMOVAL_MODEL=$$model HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py asgi:app
 
 test: install-dev browser
 	$(PY) -m pytest

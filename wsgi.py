@@ -1,4 +1,4 @@
-"""WSGI entry point: ``gunicorn -c gunicorn.conf.py wsgi:app`` or ``flask --app wsgi run``."""
+"""WSGI entry point: ``flask --app wsgi run``; production wraps it in ``asgi.py`` (see the Procfile)."""
 from app import create_app
 
 app = create_app()
