@@ -58,14 +58,17 @@ DEFAULTS = {
 }
 
 
-def _coerce(default, raw):
-    """Convert an environment string to the type of its default."""
-    if isinstance(default, bool):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
+def coerce(key, default, raw):
+    """An environment string converted to the type of ``default``; ValueError names the key."""
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{key}={raw!r} is not a {type(default).__name__}") from exc
     return raw
 
 
@@ -76,7 +79,7 @@ def load_config(environ=None, overrides=None):
     for key, default in DEFAULTS.items():
         raw = environ.get("BGREMOVAL_" + key)
         if raw is not None and raw != "":
-            config[key] = _coerce(default, raw)
+            config[key] = coerce("BGREMOVAL_" + key, default, raw)
     if overrides:
         config.update({k: v for k, v in overrides.items() if k in DEFAULTS})
     return config

@@ -30,6 +30,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from PIL import Image
 
 from . import model
+from .config import coerce
 from .errors import BgRemovalError, ImageTooLarge, InvalidParameter
 from .http import output_name
 from .pipeline import CutoutOptions, remove_background
@@ -103,20 +104,6 @@ REPLIES = {
 }
 
 
-def _coerce(key, default, raw):
-    """An environment string converted to the type of its default."""
-    try:
-        if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{key}={raw!r} is not a {type(default).__name__}") from exc
-    return raw
-
-
 def load_settings(config, environ=None):
     """The TELEGRAM_* settings: ``config`` first, then the environment, then DEFAULTS."""
     environ = os.environ if environ is None else environ
@@ -128,7 +115,7 @@ def load_settings(config, environ=None):
         if value is None or value == "":
             value = default
         elif isinstance(value, str):
-            value = _coerce(key, default, value)
+            value = coerce(key, default, value)
         settings[key] = value
     return settings
 

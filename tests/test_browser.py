@@ -1,6 +1,4 @@
 """A real browser against real gunicorn: Debian's Chromium driven by Playwright."""
-import io
-import os
 from pathlib import Path
 
 import numpy as np
