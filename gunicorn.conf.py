@@ -37,6 +37,18 @@ preload_app = False
 # The heartbeat file on tmpfs, so a slow disk cannot make the arbiter think a worker hung.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
+# Memory: oneDNN caches a compiled kernel per input shape (photos of other aspect ratios give the
+# model other shapes); a small cache bounds that. Read by each worker when torch first runs.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+
+
+def post_fork(server, worker):
+    """In each worker: at most two malloc arenas, so request threads share freed memory."""
+    from app.memory import limit_arenas
+
+    limit_arenas(int(os.environ.get("MALLOC_ARENA_MAX", "2")))
+
+
 # Bounded request lines and headers (gunicorn's defaults, stated here on purpose).
 limit_request_line = 4094
 limit_request_fields = 100

@@ -14,6 +14,7 @@ from flask import current_app
 
 from .engines import EngineRegistry, weights_status
 from .errors import BgRemovalError, Busy
+from .memory import trim_heap
 
 log = logging.getLogger(__name__)
 EXTENSION = "bgremoval"
@@ -36,6 +37,8 @@ class ModelResource:
             yield
         finally:
             self.slots.release()
+            # A cutout frees tens of MB of image buffers; hand them back so RSS does not creep.
+            trim_heap()
 
 
 def init_app(app):
