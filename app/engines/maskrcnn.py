@@ -160,7 +160,8 @@ def _missing_message(config, reason):
     return (
         f"No Mask R-CNN weights: {reason}. Looked for BGREMOVAL_WEIGHTS (not set) and the cache file "
         f"{cached_weights_path(config)}. Fetch them with `{FETCH_COMMAND}` (needs access to "
-        f"{config['WEIGHTS_URL']}), or point BGREMOVAL_WEIGHTS at a checkpoint."
+        f"{config['WEIGHTS_URL']}), or point BGREMOVAL_WEIGHTS at a checkpoint, or use the selfie engine "
+        f"(--model selfie, BGREMOVAL_MODEL=selfie), whose weights come from PyPI."
     )
 
 
