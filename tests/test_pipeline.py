@@ -133,3 +133,42 @@ def test_exif_rotated_input_gives_upright_output():
 def test_bad_parameters(params):
     with pytest.raises(InvalidParameter):
         CutoutOptions.from_params(params, CONFIG)
+
+
+class CoarseFigureEngine(FakeEngine):
+    """Returns the synthetic figure's true mask as a 28×28 mask head would: squeezed and stretched."""
+
+    def __init__(self, truth):
+        super().__init__()
+        self.truth = truth
+
+    def detect(self, image):
+        from app.engines.base import PersonCandidates
+
+        ys, xs = np.nonzero(self.truth)
+        box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        crop = Image.fromarray(self.truth[box[1] : box[3], box[0] : box[2]].astype(np.float32), "F")
+        coarse = np.zeros(self.truth.shape, np.float32)
+        coarse[box[1] : box[3], box[0] : box[2]] = np.asarray(crop.resize((28, 28), Image.BOX).resize(crop.size, Image.BILINEAR))
+        return PersonCandidates(
+            image_size=image.size, boxes=np.array([box], float), scores=np.array([0.9]), areas=np.array([self.truth.sum()], float),
+            paste=lambda idx: coarse.copy(),
+        )
+
+
+def test_the_pipeline_refines_edges_by_default():
+    """The configured refinement runs in the app's own path and brings the edge closer to the truth."""
+    size = (480, 360)
+    photo = make_photo(size)
+    # The figure make_photo draws: its own colours differ from the gradient background.
+    arr = np.asarray(photo).astype(int)
+    truth = (np.abs(arr - np.array([230, 190, 160])).sum(-1) < 60) | (np.abs(arr - np.array([40, 60, 160])).sum(-1) < 60)
+    engine = CoarseFigureEngine(truth)
+    data = encode(photo, "PNG")
+    errors = {}
+    for refine in ("none", "guided"):
+        config = {**CONFIG, "REFINE": refine}
+        cutout = remove_background(data, engine, CutoutOptions(channels="alpha"), config)
+        alpha = np.asarray(Image.open(io.BytesIO(cutout.data))).astype(float) / 255
+        errors[refine] = np.abs(alpha - truth).mean()
+    assert errors["guided"] < 0.7 * errors["none"], errors
