@@ -94,3 +94,27 @@ def test_weights_status_without_loading(tmp_path, stand_in_checkpoint):
     assert not ok and "download-weights" in reason
     ok, _ = weights_status("maskrcnn", {**config, "WEIGHTS": str(stand_in_checkpoint)})
     assert ok
+
+
+def test_an_engine_whose_runtime_is_not_installed_is_a_503(monkeypatch):
+    """On a selfie-only server (no torch), asking for model=maskrcnn is 'unavailable', not a crash."""
+    import builtins
+
+    from app import create_app
+    from app.engines import build_engine
+    from conftest import encode, make_photo
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch.") or name.startswith("torchvision"):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "app.engines.maskrcnn", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    with pytest.raises(ModelUnavailable, match="not installed"):
+        build_engine("maskrcnn", {})
+    app = create_app({"TESTING": True, "ENGINE_FACTORY": build_engine})
+    response = app.test_client().post("/api/remove?model=maskrcnn", data=encode(make_photo(), "JPEG"))
+    assert response.status_code == 503 and response.json["errors"][0]["code"] == "model_unavailable"

@@ -22,7 +22,13 @@ def build_engine(name, config):
 
     if name not in ENGINES:
         raise InvalidParameter(f"model must be one of {', '.join(ENGINES)}")
-    module = importlib.import_module(ENGINES[name])
+    try:
+        module = importlib.import_module(ENGINES[name])
+    except ImportError as exc:
+        # A selfie-only install (requirements-selfie.txt) has no torch: say so, as a 503.
+        from ..errors import ModelUnavailable
+
+        raise ModelUnavailable(f"the {name} engine is not installed here ({exc.name or exc}); pip install -r requirements.txt") from exc
     return module.build_engine(config)
 
 
