@@ -40,6 +40,7 @@ SETTINGS = [
     ("defaults", {}),
     ("refine=none", {"REFINE": "none"}),
     ("bf16=off", {"BF16": "off"}),
+    ("channels_last=off", {"CHANNELS_LAST": False}),
     ("min_size=800 (torchvision's)", {"MODEL_MIN_SIZE": 800, "MODEL_MAX_SIZE": 1333}),
     ("min_size=384", {"MODEL_MIN_SIZE": 384, "MODEL_MAX_SIZE": 576}),
     ("rpn_top_n=1000", {"RPN_TOP_N": 1000}),

@@ -311,6 +311,12 @@ class MaskRCNNEngine(Engine):
         # 12 MP float tensor); the transform then only normalises.
         model.transform.min_size = (self.min_size,)
         model.transform.max_size = self.max_size
+        # channels_last lets oneDNN pick its NHWC convolution kernels: measured 0.93 → 0.59 s for
+        # the model at 2 MP with bf16 on this CPU. It copies the backbone's weights out of the
+        # memory-mapped file (~100 MB no longer shared between workers), hence the switch.
+        self.channels_last = bool(self.config.get("CHANNELS_LAST", True))
+        if self.channels_last:
+            model.backbone.to(memory_format=torch.channels_last)
         self.model = model
 
     @torch.inference_mode()
@@ -319,7 +325,10 @@ class MaskRCNNEngine(Engine):
         model = self.model
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             images, _ = model.transform([tensor])
-            features = model.backbone(images.tensors)
+            batch = images.tensors
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            features = model.backbone(batch)
             proposals, _ = model.rpn(images, features)
             heads = model.roi_heads
             box_features = heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
