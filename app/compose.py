@@ -50,7 +50,11 @@ def to_alpha8(alpha):
         return alpha
     if alpha.dtype == bool:
         return alpha.astype(np.uint8) * 255
-    return np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    # One float temporary instead of three: this runs on full-resolution masks.
+    scaled = np.multiply(alpha, 255.0, dtype=np.float32)
+    scaled += 0.5
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def foreground_box(alpha8, threshold=8):

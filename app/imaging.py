@@ -223,10 +223,17 @@ def encode_png(array, level=1, parts=None):
     channels = 1 if array.ndim == 2 else array.shape[2]
     color_type = {1: 0, 3: 2, 4: 6}[channels]
     rows = array.reshape(height, width * channels)
-    filtered = np.empty((height, width * channels + 1), np.uint8)
-    filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it (mod 256)
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    # Filter type Up: each byte minus the byte above it (mod 256). A cutout's rows above and below
+    # the subject are all zero and stay zero when filtered, so only the rows between are computed.
+    used = np.flatnonzero(rows.any(axis=1))
+    filtered = np.zeros((height, width * channels + 1), np.uint8)
+    filtered[:, 0] = 2
+    if used.size:
+        first, last = int(used[0]), min(int(used[-1]) + 1, height - 1)
+        if first == 0:
+            filtered[0, 1:] = rows[0]
+            first = 1
+        np.subtract(rows[first : last + 1], rows[first - 1 : last], out=filtered[first : last + 1, 1:])
     raw = filtered.reshape(-1)
     parts = max(1, min(parts or available_cpus(), height, 8))
     bounds = [round(height * i / parts) * (width * channels + 1) for i in range(parts + 1)]

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.procfile import start_web, stop, wait_ready
 from conftest import encode, make_photo
 
 CHROMIUM = "/usr/bin/chromium"
@@ -14,17 +13,6 @@ if not Path(CHROMIUM).exists():
     pytestmark.append(pytest.mark.skip(reason=f"{CHROMIUM} is missing: apt-get install -y chromium (make test does this as root)"))
 
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def server(stand_in_checkpoint, tmp_path_factory):
-    env = {"BGREMOVAL_WEIGHTS": str(stand_in_checkpoint), "BGREMOVAL_WEIGHTS_DIR": str(tmp_path_factory.mktemp("cache")), "BGREMOVAL_MODEL": "maskrcnn"}
-    process, url = start_web(env)
-    try:
-        wait_ready(url, timeout=60, process=process)
-        yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +39,12 @@ def check_png(path, size):
     assert alpha.min() == 0 and alpha.max() == 255
 
 
-def test_upload_with_javascript_and_download(server, browser, photo_file, tmp_path):
+def test_upload_with_javascript_and_download(procfile_server, browser, photo_file, tmp_path):
     page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone-sized viewport
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.goto(server + "/")
+    page.goto(procfile_server + "/")
     page.set_input_files("#file", str(photo_file))
     assert page.get_attribute("#before", "src").startswith("blob:")  # the preview
     page.click("#submit")
@@ -71,21 +59,21 @@ def test_upload_with_javascript_and_download(server, browser, photo_file, tmp_pa
     assert errors == []  # no CSP violations or script errors
 
 
-def test_error_message_is_shown(server, browser, tmp_path):
+def test_error_message_is_shown(procfile_server, browser, tmp_path):
     page = browser.new_page()
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"these are notes, not a picture")
-    page.goto(server + "/")
+    page.goto(procfile_server + "/")
     page.set_input_files("#file", {"name": "notes.png", "mimeType": "image/png", "buffer": bad.read_bytes()})
     page.click("#submit")
     page.wait_for_selector("#error:not([hidden])", timeout=30_000)
     assert "not an image we can read" in page.inner_text("#error")
 
 
-def test_form_without_javascript(server, browser, photo_file, tmp_path):
+def test_form_without_javascript(procfile_server, browser, photo_file, tmp_path):
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
-    page.goto(server + "/")
+    page.goto(procfile_server + "/")
     page.set_input_files("#file", str(photo_file))
     page.select_option("#bg_color", "")
     page.click("#submit")

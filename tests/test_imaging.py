@@ -196,3 +196,13 @@ def test_encode_image_uses_the_fast_png_writer_for_cutouts():
     assert mime == "image/png" and b"IDAT" in data
     assert data[data.index(b"IDAT") + 4 : data.index(b"IDAT") + 6] == bytes([0x78, 0x01])  # ours, not Pillow's
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(img))
+
+
+def test_fast_png_with_zero_rows_above_and_below():
+    from app.imaging import encode_png
+
+    arr = np.zeros((40, 30, 4), np.uint8)
+    arr[12:20, 5:25] = np.random.default_rng(3).integers(1, 256, (8, 20, 4), dtype=np.uint8)
+    for a in (arr, np.zeros_like(arr), np.roll(arr, -12, axis=0), np.roll(arr, 20, axis=0)):
+        out = np.asarray(Image.open(io.BytesIO(encode_png(a, parts=2))))
+        np.testing.assert_array_equal(out, a)

@@ -350,7 +350,13 @@ class MaskRCNNEngine(Engine):
         """Person candidates for an upright RGB PIL image, in its own pixel coordinates."""
         width, height = image.size
         in_w, in_h = model_input_size(width, height, self.min_size, self.max_size)
-        small = image if (in_w, in_h) == (width, height) else image.resize((in_w, in_h), Image.BILINEAR, reducing_gap=3.0)
+        small = image
+        if (in_w, in_h) != (width, height):
+            # An integer box reduction first (cheap), then one bilinear step to the exact size.
+            factor = min(width // in_w, height // in_h)
+            if factor >= 2:
+                small = image.reduce(factor)
+            small = small.resize((in_w, in_h), Image.BILINEAR)
         tensor = pil_to_tensor(small).float().div_(255)
         boxes, scores, masks, (seen_h, seen_w) = self._forward(tensor)
         boxes = boxes.numpy().astype(np.float64)
