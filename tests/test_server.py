@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def post(url, body, content_type):
     request = urllib.request.Request(url + "/api/remove", data=body, method="POST", headers={"Content-Type": content_type})
     with urllib.request.urlopen(request, timeout=120) as response:
-        return response.status, dict(response.headers), response.read()
+        return response.status, response.headers, response.read()  # case-insensitive: uvicorn sends lower case
 
 
 def check_rgba(data, size):
