@@ -35,11 +35,12 @@ def child(args):
     from app.errors import NoPersonFound
     from app.pipeline import compute_alpha
     from bench.quality import edge_band, load_pairs
+    from bench.speed import rss_mb
 
     overrides = {"WEIGHTS": args.weights or None, "SELFIE_WEIGHTS": args.selfie_weights or None}
     config = load_config(overrides=overrides)
     engine = build_engine(args.engine, config)
-    loaded_rss = _rss_mb()
+    loaded_rss = rss_mb()
     ious, band_errors, times = [], [], []
     for _, photo, truth in load_pairs(args.data, args.limit):
         image = Image.fromarray(photo)
@@ -70,14 +71,6 @@ def child(args):
             }
         )
     )
-
-
-def _rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main(args):

@@ -48,22 +48,23 @@ SETTINGS = [
 ]
 
 
-def rss_mb():
-    """Current resident set size in MB."""
+def status_mb(field):
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_mb():
+    """Current resident set size in MB."""
+    return status_mb("VmRSS")
 
 
 def peak_rss_mb():
     """Peak resident set size (VmHWM) in MB since start or the last reset."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return status_mb("VmHWM")
 
 
 def reset_peak_rss():
