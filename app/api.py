@@ -67,7 +67,7 @@ def remove():
     data, filename = read_upload(request)
     files = request.files if request.mimetype == "multipart/form-data" else None
     cutout = run_cutout(data, request_params(request), files)
-    name = output_name(filename, cutout.extension)
+    name = output_name(filename, cutout.format)
     facts = cutout_facts(cutout)
     if wants_json():
         left, top, width, height = cutout.foreground

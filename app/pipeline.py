@@ -4,7 +4,7 @@ decode → engine.detect → select people → paste only their masks → refine
 composite → encode.
 """
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -27,6 +27,17 @@ def _bool(value):
     if text in ("0", "false", "no", "off", ""):
         return False
     raise InvalidParameter(f"{value!r} is not a boolean (use true or false)")
+
+
+def _number(value, cast, low, high, message):
+    """``cast(value)`` within ``[low, high]``, else InvalidParameter(message)."""
+    try:
+        number = cast(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameter(message) from exc
+    if not low <= number <= high:
+        raise InvalidParameter(message)
+    return number
 
 
 @dataclass
@@ -87,12 +98,7 @@ class CutoutOptions:
             opts.format = fmt
         size = get("max_size") if get("max_size") not in (None, "") else get("size")
         if size not in (None, "", "auto", "full", "original"):
-            try:
-                opts.max_size = int(size)
-            except (TypeError, ValueError) as exc:
-                raise InvalidParameter("max_size must be a whole number of pixels") from exc
-            if not 0 <= opts.max_size <= 20_000:
-                raise InvalidParameter("max_size must be between 0 and 20000")
+            opts.max_size = _number(size, int, 0, 20_000, "max_size must be a whole number of pixels between 0 and 20000")
         refine = get("refine")
         if refine not in (None, ""):
             from .refine import REFINE_METHODS  # noqa: PLC0415 - numpy/Pillow only
@@ -102,23 +108,11 @@ class CutoutOptions:
                 raise InvalidParameter(f"refine must be one of {', '.join(REFINE_METHODS)}")
         score = get("min_score")
         if score not in (None, ""):
-            try:
-                opts.min_score = float(score)
-            except (TypeError, ValueError) as exc:
-                raise InvalidParameter("min_score must be a number between 0 and 1") from exc
-            if not 0.0 <= opts.min_score <= 1.0:
-                raise InvalidParameter("min_score must be a number between 0 and 1")
+            opts.min_score = _number(score, float, 0.0, 1.0, "min_score must be a number between 0 and 1")
         model = get("model")
         if model not in (None, ""):
             opts.model = str(model).strip().lower()
         return opts
-
-    def describe(self):
-        """The options as plain values (for logs and JSON), without the background image bytes."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "bg_image"}
-        out["bg_image"] = self.bg_image is not None
-        return out
-
 
 @dataclass
 class Cutout:
@@ -133,11 +127,6 @@ class Cutout:
     score: float  # the chosen person's score (the best, in mode "all")
     people: int  # how many people the mask holds
     timings: dict = field(default_factory=dict)
-
-    @property
-    def extension(self):
-        """File extension for the encoded format."""
-        return self.format
 
 
 def compute_alpha(image, engine, mode="central", min_score=0.5, refine="guided", input_alpha=None):

@@ -27,13 +27,13 @@ def upload():
     """No-JavaScript path: a plain form POST returns a page with the cutout and a download link."""
     from .api import run_cutout
 
-    data, filename = read_upload(request, fields=("file", "image_file"))
+    data, filename = read_upload(request)
     cutout = run_cutout(data, request_params(request), request.files)
     data_url = f"data:{cutout.mime};base64,{base64.b64encode(cutout.data).decode('ascii')}"
     return render_template(
         "result.html",
         data_url=data_url,
-        filename=output_name(filename, cutout.extension),
+        filename=output_name(filename, cutout.format),
         cutout=cutout,
         **_page_context(),
     )

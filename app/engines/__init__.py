@@ -11,11 +11,6 @@ ENGINES = {
 }
 
 
-def engine_names():
-    """The names an engine can be asked for by."""
-    return tuple(ENGINES)
-
-
 def build_engine(name, config):
     """Import the engine's module and build it from ``config`` (this loads its weights)."""
     from ..errors import InvalidParameter
