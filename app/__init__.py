@@ -10,11 +10,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def create_app(test_config=None):
     """Build the app: config from defaults, ``BGREMOVAL_*`` variables, then ``test_config``."""
+    # Imported here, not at the top: ``import app.pipeline`` (the CLI, training, batch workers) must
+    # not pull in Flask and the web modules.
     from flask import Flask
 
-    from . import api, model, security, telegram, web
+    from . import api, error_responses, inference, security, telegram, web
     from .config import load_config
-    from .http import UploadRequest
+    from .uploads import UploadRequest
 
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.request_class = UploadRequest
@@ -28,9 +30,9 @@ def create_app(test_config=None):
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=32,
     )
-    model.init_app(app)
+    inference.init_app(app)
     security.init_app(app)
-    api.init_app(app)
+    error_responses.init_app(app)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
     telegram.init_app(app)

@@ -4,25 +4,21 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .config import load_config
+from .engines import EngineRegistry
 from .errors import BgRemovalError, ModelUnavailable
+from .params import add_cli_arguments, cli_params, parse_options
+from .pipeline import remove_background
+from .refine import refine_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo"}
 
 
 def _add_output_options(parser):
-    parser.add_argument("--model", choices=["maskrcnn", "selfie"], help="engine (default: BGREMOVAL_MODEL or maskrcnn)")
-    parser.add_argument("--mode", choices=["central", "largest", "all"], help="which person to keep (default: central)")
-    parser.add_argument("--bg-color", help="background colour as hex (e.g. ffffff); default transparent")
     parser.add_argument("--bg-image", type=Path, help="an image to place behind the subject")
-    parser.add_argument("--blur", action="store_true", help="portrait mode: the photo itself, blurred, as background")
-    parser.add_argument("--crop", action="store_true", help="crop to the subject")
-    parser.add_argument("--crop-margin", default="0", help="margin around the crop: pixels (20) or percent (10%%)")
-    parser.add_argument("--mask", action="store_true", help="write the mask only (8-bit greyscale)")
-    parser.add_argument("--format", choices=["png", "jpg", "webp"], default="png", help="output format (default png)")
-    parser.add_argument("--max-size", type=int, default=0, help="longest output side in px (default: the input's)")
-    parser.add_argument("--refine", help="edge refinement method (default: BGREMOVAL_REFINE); 'none' turns it off")
-    parser.add_argument("--min-score", type=float, help="minimum person score (default: BGREMOVAL_MIN_SCORE)")
+    add_cli_arguments(parser)
 
 
 def build_parser():
@@ -76,9 +72,6 @@ def output_path(src, args, fmt):
 
 def cmd_remove(args, config):
     """Cut out every input with one model load; exit 1 if any file failed."""
-    from .engines import EngineRegistry
-    from .pipeline import CutoutOptions, remove_background
-
     files = expand_inputs(args.inputs)
     if args.out and len(files) != 1:
         print("error: -o/--out takes exactly one input; use --out-dir for several", file=sys.stderr)
@@ -86,21 +79,8 @@ def cmd_remove(args, config):
     if not files:
         print("error: no images found", file=sys.stderr)
         return 2
-    params = {
-        "mode": args.mode,
-        "bg_color": args.bg_color,
-        "bg_blur": "true" if args.blur else None,
-        "crop": "true" if args.crop else None,
-        "crop_margin": args.crop_margin,
-        "channels": "alpha" if args.mask else None,
-        "format": args.format,
-        "max_size": args.max_size or None,
-        "refine": args.refine,
-        "min_score": args.min_score,
-        "model": args.model,
-    }
     try:
-        options = CutoutOptions.from_params(params, config)
+        options = parse_options(cli_params(args), config)
         if args.bg_image:
             options.bg_image = args.bg_image.read_bytes()
         engine = EngineRegistry(config).get(options.model)
@@ -115,8 +95,6 @@ def cmd_remove(args, config):
     failures = 0
     progress = None
     if len(files) > 1 or any(p.is_dir() for p in args.inputs):
-        from tqdm import tqdm
-
         progress = tqdm(total=len(files), unit="img", file=sys.stderr)
     for src in files:
         try:
@@ -147,8 +125,6 @@ def _report(progress, line):
 
 def cmd_refine(args, config):
     """Refine one mask against its photo."""
-    from .refine import refine_file
-
     try:
         refine_file(args.photo, args.mask, args.out, method=args.method or config["REFINE"])
     except (BgRemovalError, OSError) as exc:
@@ -164,11 +140,11 @@ def cmd_download(args, config):
     try:
         for name in names:
             if name == "maskrcnn":
-                from .engines.maskrcnn import download_base_weights
+                from .engines.maskrcnn import download_base_weights  # imports torch: only when asked
 
                 print(download_base_weights(config))
             else:
-                from .engines.selfie import fetch_weights
+                from .engines.selfie import fetch_weights  # imports LiteRT: only when asked
 
                 for path in fetch_weights(config).values():
                     print(path)
@@ -180,7 +156,7 @@ def cmd_download(args, config):
 
 def cmd_telegram(args, config):
     """Run the bot by long polling, or set its webhook."""
-    from . import telegram
+    from . import telegram  # imports Flask: only for the bot
 
     return telegram.main(args, config)
 

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from .cpu import available_cpus
 from .errors import EmptyUpload, ImageTooLarge, InvalidImage, UnsupportedImage
 
 # Formats we decode (Pillow format names). Anything else is refused before decoding.
@@ -216,8 +217,6 @@ def encode_png(array, level=1, parts=None):
     CPU, joined with full flushes into one valid zlib stream, give the same file size ~3x faster.
     """
     global _png_pool
-    from .engines.cpu import available_cpus
-
     array = np.ascontiguousarray(array, dtype=np.uint8)
     height, width = array.shape[:2]
     channels = 1 if array.ndim == 2 else array.shape[2]

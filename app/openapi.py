@@ -1,22 +1,8 @@
 """The OpenAPI 3 document for ``/api``; a test keeps it in step with the code."""
 from .errors import BgRemovalError
-from .pipeline import CHANNELS, FORMATS
-from .refine import REFINE_METHODS
-from .selection import MODES
+from .params import openapi_parameters
 
-PARAMETERS = {
-    "mode": {"type": "string", "enum": list(MODES), "default": "central", "description": "Which person to keep: the central one (score × area / distance⁴), the largest, or all."},
-    "model": {"type": "string", "enum": ["maskrcnn", "selfie"], "description": "Engine: Mask R-CNN (default) or MediaPipe's selfie segmenter (portraits, small servers)."},
-    "bg_color": {"type": "string", "pattern": r"^(#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})|transparent|none|blur|white|black|red|green|blue|grey|gray)$", "description": "Background colour as hex (rgb, rrggbb or rrggbbaa); 'transparent' (default) or 'blur' (portrait mode).", "example": "ffffff"},
-    "bg_blur": {"type": "boolean", "description": "Portrait mode: the photo itself, blurred, as background."},
-    "crop": {"type": "boolean", "default": False, "description": "Crop to the subject."},
-    "crop_margin": {"type": "string", "default": "0", "pattern": r"^(100(\.0+)?%|[0-9]{1,2}(\.[0-9]+)?%|(10000|[0-9]{1,4})(\.[0-9]+)?(px)?)$", "description": "Margin around the crop: pixels (20 or 20px) or a percentage (10%).", "example": "10%"},
-    "channels": {"type": "string", "enum": list(CHANNELS), "default": "rgba", "description": "rgba: the cutout; alpha: the mask only, 8-bit greyscale."},
-    "format": {"type": "string", "enum": list(FORMATS), "default": "png", "description": "Output format. JPEG has no transparency: a white background unless bg_color is given."},
-    "max_size": {"type": "integer", "minimum": 0, "maximum": 20000, "default": 0, "description": "Longest output side in pixels; 0 keeps the input's size."},
-    "refine": {"type": "string", "enum": list(REFINE_METHODS), "description": "Edge refinement: 'guided' (default: a colour guided filter over the edge band) or 'none'."},
-    "min_score": {"type": "number", "minimum": 0, "maximum": 1, "description": "Minimum person score."},
-}
+PARAMETERS = openapi_parameters()
 
 ERROR_CODES = sorted({cls.code for cls in BgRemovalError.__subclasses__()})
 

@@ -29,11 +29,12 @@ from typing import Optional
 from flask import Blueprint, abort, current_app, jsonify, request
 from PIL import Image
 
-from . import model
+from . import inference
 from .config import coerce
 from .errors import BgRemovalError, ImageTooLarge, InvalidParameter
-from .http import output_name
-from .pipeline import CutoutOptions, remove_background
+from .uploads import output_name
+from .params import CutoutOptions
+from .service import run_cutout
 
 bp = Blueprint("telegram", __name__, url_prefix="/telegram")
 log = logging.getLogger(__name__)
@@ -560,9 +561,7 @@ class Bot:
         """Download, cut out and answer one job; every failure becomes a reply in its chat."""
         try:
             data = self._fetch(job)
-            engine = self.resource.registry.get(job.options.model)
-            with self.resource.slot():
-                cutout = remove_background(data, engine, job.options, self.config)
+            cutout = run_cutout(self.resource, data, job.options, self.config)
             del data
             self._send_cutout(job, cutout.data, cutout.width, cutout.height)
         except BgRemovalError as exc:
@@ -660,7 +659,7 @@ def init_app(app):
         return None
     if not settings["TELEGRAM_WEBHOOK_SECRET"]:
         log.warning("TELEGRAM_WEBHOOK_SECRET is not set: /telegram/webhook refuses every update (403)")
-    bot = Bot(settings, model.get_resource(app), app.config)
+    bot = Bot(settings, inference.get_resource(app), app.config)
     app.extensions[EXTENSION] = bot
     app.register_blueprint(bp)
     return bot
@@ -704,7 +703,7 @@ def poll(settings, config, stop=None):
 
     stop = stop or threading.Event()
     config = {**load_config(), **config}
-    bot = Bot(settings, model.ModelResource(config, config.get("ENGINE_FACTORY")), config)
+    bot = Bot(settings, inference.InferenceResource(config, config.get("ENGINE_FACTORY")), config)
     timeout = int(settings["TELEGRAM_POLL_TIMEOUT"])
     try:
         # getUpdates is refused while a webhook is set; polling means the webhook goes.

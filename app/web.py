@@ -2,8 +2,14 @@
 import base64
 
 from flask import Blueprint, current_app, render_template, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from .http import output_name, read_upload, request_params
+from . import inference
+from .error_responses import too_large_error
+from .errors import BgRemovalError
+from .params import page_bounds, page_choices, page_defaults
+from .service import run_cutout
+from .uploads import output_name, read_options, read_upload
 
 bp = Blueprint("web", __name__)
 
@@ -12,7 +18,9 @@ def _page_context():
     config = current_app.config
     return {
         "max_mb": config["MAX_UPLOAD_BYTES"] // (1024 * 1024),
-        "default_model": config["MODEL"],
+        "choices": page_choices(),
+        "defaults": page_defaults(config),
+        "max_size_bounds": page_bounds("max_size"),
     }
 
 
@@ -25,10 +33,9 @@ def index():
 @bp.post("/")
 def upload():
     """No-JavaScript path: a plain form POST returns a page with the cutout and a download link."""
-    from .api import run_cutout
-
     data, filename = read_upload(request)
-    cutout = run_cutout(data, request_params(request), request.files)
+    options = read_options(request, current_app.config)
+    cutout = run_cutout(inference.get_resource(), data, options, current_app.config)
     data_url = f"data:{cutout.mime};base64,{base64.b64encode(cutout.data).decode('ascii')}"
     return render_template(
         "result.html",
@@ -39,6 +46,13 @@ def upload():
     )
 
 
+@bp.errorhandler(BgRemovalError)
 def render_error(error):
     """The upload page again, with the error's message (escaped by Jinja) and its status."""
     return render_template("index.html", error=error.to_dict(), **_page_context()), error.status
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def render_too_large(error):
+    """Werkzeug's 413 on the page, told as the domain error it stands for."""
+    return render_error(too_large_error(current_app.config))

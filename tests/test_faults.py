@@ -134,7 +134,7 @@ def test_corrupt_cache_and_a_bad_download_is_a_503_and_nothing_loads(tmp_path, h
     assert "hash" in error["detail"].lower() or "sha256" in error["detail"].lower()
     assert not cached.exists() and not any((tmp_path / "cache").glob("*.pth"))  # the bad bytes were not kept
     assert loads == []
-    from app import model
+    from app import inference
 
-    assert model.get_resource(app).registry.loaded() == []
+    assert inference.get_resource(app).registry.loaded() == []
     assert_still_serving(app)

@@ -4,6 +4,11 @@
 asks for that engine, so a selfie-only server never pays for torch.
 """
 import importlib
+import os
+import threading
+from pathlib import Path
+
+from ..errors import BgRemovalError, InvalidParameter, ModelUnavailable
 
 ENGINES = {
     "maskrcnn": "app.engines.maskrcnn",
@@ -13,25 +18,18 @@ ENGINES = {
 
 def build_engine(name, config):
     """Import the engine's module and build it from ``config`` (this loads its weights)."""
-    from ..errors import InvalidParameter
-
     if name not in ENGINES:
         raise InvalidParameter(f"model must be one of {', '.join(ENGINES)}")
     try:
         module = importlib.import_module(ENGINES[name])
     except ImportError as exc:
         # A selfie-only install (requirements-selfie.txt) has no torch: say so, as a 503.
-        from ..errors import ModelUnavailable
-
         raise ModelUnavailable(f"the {name} engine is not installed here ({exc.name or exc}); pip install -r requirements.txt") from exc
     return module.build_engine(config)
 
 
 def weights_status(name, config):
     """``(available, reason)`` for an engine's weights, checked on disk without importing the engine."""
-    import os
-    from pathlib import Path
-
     if name == "maskrcnn":
         explicit = config.get("WEIGHTS")
         if explicit:
@@ -54,8 +52,6 @@ class EngineRegistry:
     """
 
     def __init__(self, config, factory=None):
-        import threading
-
         self.config = config
         self.injected = factory is not None
         self.factory = factory or build_engine
@@ -66,8 +62,6 @@ class EngineRegistry:
 
     def resolve_name(self, name=None):
         """The engine name to use: ``name`` or the configured default, validated."""
-        from ..errors import InvalidParameter
-
         name = (name or self.config.get("MODEL") or "maskrcnn").lower()
         if name not in ENGINES:
             raise InvalidParameter(f"model must be one of {', '.join(ENGINES)}")
@@ -75,8 +69,6 @@ class EngineRegistry:
 
     def get(self, name=None):
         """The engine called ``name`` (default: the configured one), built on first use."""
-        from ..errors import BgRemovalError
-
         name = self.resolve_name(name)
         engine = self._engines.get(name)
         if engine is not None:

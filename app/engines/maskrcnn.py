@@ -33,7 +33,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from ..download import sha256_of
 from ..errors import ModelUnavailable
 from .base import Engine, PersonCandidates
-from .cpu import available_cpus, cpu_has_native_bf16
+from ..cpu import available_cpus, cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from PIL import Image
 from ..download import DownloadError, download_file, sha256_of
 from ..errors import ModelUnavailable
 from .base import Engine, PersonCandidates
-from .cpu import available_cpus
+from ..cpu import available_cpus
 
 log = logging.getLogger(__name__)
 

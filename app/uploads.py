@@ -1,4 +1,4 @@
-"""Request handling shared by the page and the API: uploads kept in memory, parameters, names."""
+"""Reading requests, shared by the page and the API: uploads kept in memory, options, output names."""
 import io
 import re
 import unicodedata
@@ -7,6 +7,7 @@ from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import EmptyUpload, MissingUpload
+from .params import parse_options
 
 UPLOAD_FIELDS = ("file", "image_file")
 
@@ -62,6 +63,16 @@ def request_params(request):
     if request.mimetype == "multipart/form-data":
         params.update({k: v for k, v in request.form.items()})
     return params
+
+
+def read_options(request, config):
+    """The cutout options a request asks for: its parameters, plus an uploaded background image."""
+    options = parse_options(request_params(request), config)
+    if request.mimetype == "multipart/form-data":
+        storage = request.files.get("bg_image_file")
+        if storage is not None:
+            options.bg_image = storage.read() or None
+    return options
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -1,4 +1,4 @@
-"""What the CPU offers this process, read without importing torch (both engines use it)."""
+"""What the CPU offers this process (cores, cgroup quota, native bf16), read without importing torch."""
 import math
 import os
 import re

@@ -1,4 +1,4 @@
-"""The model as a Flask resource: one engine registry per process, kept on ``app.extensions``.
+"""Inference as a Flask resource: the engine registry and inference slots, one per process, on ``app.extensions``.
 
 ``get_engine()`` returns the cached engine, built once per process under a lock on first use (or
 at start-up with ``WARMUP``). Construction is injectable: ``test_config["ENGINE_FACTORY"]`` is a
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 EXTENSION = "bgremoval"
 
 
-class ModelResource:
+class InferenceResource:
     """What ``init_app`` keeps on the app: the engine registry and the inference slots."""
 
     def __init__(self, config, factory=None):
@@ -43,7 +43,7 @@ class ModelResource:
 
 def init_app(app):
     """Attach the model resource to ``app``; start loading it in the background when WARMUP is set."""
-    resource = ModelResource(app.config, app.config.get("ENGINE_FACTORY"))
+    resource = InferenceResource(app.config, app.config.get("ENGINE_FACTORY"))
     app.extensions[EXTENSION] = resource
     if app.config.get("WARMUP"):
         # In a thread, so the worker answers /healthz at once while the weights load.
@@ -58,7 +58,7 @@ def _warm_up(resource):
 
 
 def get_resource(app=None):
-    """The app's ModelResource."""
+    """The app's InferenceResource."""
     return (app or current_app).extensions[EXTENSION]
 
 

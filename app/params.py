@@ -1,0 +1,292 @@
+"""Every cutout request parameter, declared once: validation, OpenAPI, the CLI and the page use it.
+
+``CutoutParams`` (pydantic) holds each parameter's type, bounds, choices, help text and aliases.
+From it come: the validation of API, form, bot and CLI input (``parse_options``), the OpenAPI
+parameters (``openapi_parameters``), the CLI's arguments (``add_cli_arguments``) and the page's
+choices (``page_choices``). Adding a parameter is one field here plus its behaviour in the pipeline.
+"""
+from dataclasses import dataclass
+from typing import Literal, Optional, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import compose
+from .engines import ENGINES
+from .errors import InvalidParameter
+from .refine import REFINE_METHODS
+from .selection import MODES
+
+CHANNELS = ("rgba", "alpha")
+FORMATS = ("png", "jpg", "webp")
+ENGINE_NAMES = tuple(ENGINES)
+
+# Other spellings clients send (remove.bg's, rembg's), mapped to ours before validation.
+ALIASES = {"size": "max_size"}
+VALUE_ALIASES = {
+    "channels": {"mask": "alpha"},
+    "format": {"jpeg": "jpg", "auto": "png"},
+    # remove.bg's size names for "the input's size"; 0 means the input's size here.
+    "max_size": {"auto": None, "full": None, "original": None},
+}
+COLOR_PATTERN = r"^(#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})|transparent|none|blur|white|black|red|green|blue|grey|gray)$"
+MARGIN_PATTERN = r"^(100(\.0+)?%|[0-9]{1,2}(\.[0-9]+)?%|(10000|[0-9]{1,4})(\.[0-9]+)?(px)?)$"
+
+
+def _doc(help_text, **extra):
+    """Field metadata beyond pydantic's own: OpenAPI extras, CLI flag, page labels."""
+    return {"description": help_text, "json_schema_extra": extra}
+
+
+class CutoutParams(BaseModel):
+    """The request parameters of a cutout, as clients send them (strings are coerced)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    mode: Optional[Literal[MODES]] = Field(
+        None,
+        **_doc(
+            "Which person to keep: the central one (score × area / distance⁴), the largest, or all.",
+            default="central",
+            labels={"central": "Central person", "largest": "Largest person", "all": "Everyone"},
+        ),
+    )
+    model: Optional[Literal[ENGINE_NAMES]] = Field(
+        None,
+        **_doc(
+            "Engine: Mask R-CNN (default) or MediaPipe's selfie segmenter (portraits, small servers).",
+            labels={"maskrcnn": "Mask R-CNN (scenes)", "selfie": "Selfie (portraits, fast)"},
+        ),
+    )
+    bg_color: Optional[str] = Field(
+        None,
+        **_doc(
+            "Background colour as hex (rgb, rrggbb or rrggbbaa); 'transparent' (default) or 'blur' (portrait mode).",
+            pattern=COLOR_PATTERN,
+            example="ffffff",
+        ),
+    )
+    bg_blur: Optional[bool] = Field(None, **_doc("Portrait mode: the photo itself, blurred, as background.", cli_flag="--blur"))
+    crop: bool = Field(False, **_doc("Crop to the subject."))
+    crop_margin: str = Field("0", **_doc("Margin around the crop: pixels (20 or 20px) or a percentage (10%).", pattern=MARGIN_PATTERN, example="10%"))
+    channels: Literal[CHANNELS] = Field(
+        "rgba",
+        **_doc(
+            "rgba: the cutout; alpha: the mask only, 8-bit greyscale.",
+            labels={"rgba": "Cutout", "alpha": "Mask only"},
+            cli_flag="--mask",
+            cli_const="alpha",
+            cli_help="write the mask only (8-bit greyscale)",
+        ),
+    )
+    format: Literal[FORMATS] = Field(
+        "png",
+        **_doc(
+            "Output format. JPEG has no transparency: a white background unless bg_color is given.",
+            labels={"png": "PNG", "webp": "WEBP", "jpg": "JPEG"},
+        ),
+    )
+    max_size: Optional[int] = Field(None, ge=0, le=20000, **_doc("Longest output side in pixels; 0 keeps the input's size.", default=0, unit="pixels"))
+    refine: Optional[Literal[REFINE_METHODS]] = Field(
+        None, **_doc("Edge refinement: 'guided' (default: a colour guided filter over the edge band) or 'none'.")
+    )
+    min_score: Optional[float] = Field(None, ge=0, le=1, **_doc("Minimum person score."))
+
+    @field_validator("crop_margin")
+    @classmethod
+    def _margin_parses(cls, value):
+        compose.parse_margin(value, (100, 100))  # raises InvalidParameter with the reason
+        return value
+
+    @field_validator("bg_color")
+    @classmethod
+    def _color_parses(cls, value):
+        if value is not None and value.strip().lower() not in ("transparent", "none", "blur"):
+            compose.parse_color(value)
+        return value
+
+
+@dataclass
+class CutoutOptions:
+    """What the caller asked for, resolved against the configuration; every field has a safe default."""
+
+    mode: str = "central"  # central | largest | all
+    bg_color: Optional[tuple] = None  # (r, g, b, a) or None for transparent
+    bg_image: Optional[bytes] = None  # encoded image bytes to place behind the subject
+    bg_blur: bool = False  # portrait mode: the photo blurred behind the subject
+    crop: bool = False
+    crop_margin: str = "0"
+    channels: str = "rgba"  # rgba | alpha (the mask as 8-bit L)
+    format: str = "png"  # png | jpg | webp
+    max_size: int = 0  # longest output side in px; 0 = the input's size
+    refine: Optional[str] = None  # None = the configured default
+    min_score: Optional[float] = None  # None = the configured default
+    model: Optional[str] = None  # None = the configured default engine
+
+    @classmethod
+    def from_params(cls, params, config=None):
+        """Build options from string parameters (form fields, query, CLI); raise InvalidParameter."""
+        return parse_options(params, config)
+
+
+def _normalise(params):
+    """Drop empty values, map aliases, lower-case choice strings: what clients send → field values."""
+    fields = CutoutParams.model_fields
+    values = {}
+    for key in [*ALIASES, *fields]:  # aliases first, so the canonical name wins when both are sent
+        value = params.get(key)
+        if value is None or value == "":
+            continue
+        name = ALIASES.get(key, key)
+        if isinstance(value, str):
+            value = value.strip()
+            if _choices(fields[name]) or fields[name].annotation in (bool, Optional[bool]):
+                value = value.lower()
+            aliases = VALUE_ALIASES.get(name, {})
+            if value.lower() in aliases:
+                value = aliases[value.lower()]
+                if value is None:
+                    continue
+        values[name] = value
+    return values
+
+
+def _message(error):
+    """One sentence for a pydantic error, naming the parameter and what it accepts."""
+    name = error["loc"][0] if error["loc"] else "parameter"
+    field = CutoutParams.model_fields.get(name)
+    kind = error["type"]
+    if isinstance(error.get("ctx", {}).get("error"), InvalidParameter):
+        return str(error["ctx"]["error"])
+    if field is not None and _choices(field):
+        return f"{name} must be one of {', '.join(_choices(field))}"
+    if kind.startswith("bool"):
+        return f"{error['input']!r} is not a boolean (use true or false)"
+    low, high = _bounds(field) if field is not None else (None, None)
+    if low is not None and high is not None:
+        what = "a whole number" if field.annotation in (int, Optional[int]) else "a number"
+        unit = (field.json_schema_extra or {}).get("unit")
+        return f"{name} must be {what}{' of ' + unit if unit else ''} between {low:g} and {high:g}"
+    return f"{name}: {error['msg']}"
+
+
+def parse_options(params, config=None):
+    """Validate ``params`` (a mapping of strings or values) into CutoutOptions; raise InvalidParameter."""
+    config = config or {}
+    try:
+        parsed = CutoutParams.model_validate(_normalise(params))
+    except ValidationError as exc:
+        raise InvalidParameter("; ".join(_message(e) for e in exc.errors())) from None
+    options = CutoutOptions(
+        mode=parsed.mode or config.get("MODE", "central"),
+        bg_blur=bool(parsed.bg_blur),
+        crop=parsed.crop,
+        crop_margin=parsed.crop_margin,
+        channels=parsed.channels,
+        format=parsed.format,
+        max_size=parsed.max_size if parsed.max_size is not None else int(config.get("MAX_OUTPUT_SIZE", 0) or 0),
+        refine=parsed.refine,
+        min_score=parsed.min_score,
+        model=parsed.model,
+    )
+    if options.mode not in MODES:  # a bad BGREMOVAL_MODE
+        raise InvalidParameter(f"mode must be one of {', '.join(MODES)}")
+    color = (parsed.bg_color or "").lower()
+    if color == "blur":
+        options.bg_blur = True if parsed.bg_blur is None else parsed.bg_blur
+    elif color and color not in ("transparent", "none"):
+        options.bg_color = compose.parse_color(parsed.bg_color)
+    return options
+
+
+def _choices(field):
+    """The allowed values of a Literal (or Optional[Literal]) field, else ()."""
+    annotation = field.annotation
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    for arg in get_args(annotation):
+        if get_origin(arg) is Literal:
+            return get_args(arg)
+    return ()
+
+
+def _bounds(field):
+    """``(minimum, maximum)`` from the field's ge/le constraints."""
+    low = high = None
+    for item in field.metadata:
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    return low, high
+
+
+def _json_type(field):
+    annotation = field.annotation
+    for python_type, name in ((bool, "boolean"), (int, "integer"), (float, "number")):
+        if annotation is python_type or python_type in get_args(annotation):
+            return name
+    return "string"
+
+
+def openapi_parameters():
+    """``{name: OpenAPI schema}`` for every parameter, in declaration order."""
+    schemas = {}
+    for name, field in CutoutParams.model_fields.items():
+        extra = dict(field.json_schema_extra or {})
+        schema = {"type": _json_type(field)}
+        if _choices(field):
+            schema["enum"] = list(_choices(field))
+        low, high = _bounds(field)
+        if low is not None:
+            schema["minimum"] = low
+        if high is not None:
+            schema["maximum"] = high
+        default = extra.get("default", field.default)
+        if default is not None:
+            schema["default"] = default
+        if "pattern" in extra:
+            schema["pattern"] = extra["pattern"]
+        schema["description"] = field.description
+        if "example" in extra:
+            schema["example"] = extra["example"]
+        schemas[name] = schema
+    return schemas
+
+
+def add_cli_arguments(parser):
+    """Add one ``--flag`` per parameter to an argparse parser (values stay strings until parsed)."""
+    for name, field in CutoutParams.model_fields.items():
+        extra = field.json_schema_extra or {}
+        flag = extra.get("cli_flag", "--" + name.replace("_", "-"))
+        help_text = extra.get("cli_help", field.description).replace("%", "%%")
+        if "cli_const" in extra:
+            parser.add_argument(flag, dest=name, action="store_const", const=extra["cli_const"], help=help_text)
+        elif _json_type(field) == "boolean":
+            parser.add_argument(flag, dest=name, action="store_const", const="true", help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, choices=_choices(field) or None, help=help_text)
+
+
+def cli_params(args):
+    """The parameters an argparse namespace built by ``add_cli_arguments`` carries."""
+    return {name: getattr(args, name, None) for name in CutoutParams.model_fields}
+
+
+def page_choices():
+    """``{name: [(value, label), ...]}`` for the page's select boxes, from the declaration."""
+    choices = {}
+    for name, field in CutoutParams.model_fields.items():
+        labels = (field.json_schema_extra or {}).get("labels")
+        if labels:
+            choices[name] = [(value, labels.get(value, value)) for value in _choices(field)]
+    return choices
+
+
+def page_defaults(config):
+    """``{name: default}`` for the page's fields: the declared defaults, the configured engine and mode."""
+    defaults = {name: schema.get("default") for name, schema in openapi_parameters().items()}
+    defaults.update(mode=config.get("MODE", "central"), model=config.get("MODEL"))
+    return defaults
+
+
+def page_bounds(name):
+    """``(minimum, maximum)`` of a numeric parameter, for the page's input attributes."""
+    return _bounds(CutoutParams.model_fields[name])
