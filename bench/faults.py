@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from bench.procfile import free_port, procfile_command, start_web, stop, wait_ready  # noqa: E402
+from bench.procfile import free_port, procfile_command, start_web, stop, wait_ready
 
 FAULTS = ("kill", "slowloris", "weights", "sigterm")
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench.procfile import start_web, stop  # noqa: E402
+from bench.procfile import start_web, stop
 
 SIZES = {"0.3": (640, 480), "2": (1632, 1224), "12": (4000, 3000)}
 
@@ -74,7 +74,7 @@ def slope(xs, ys):
 
 def main(args):
     """Start the server, warm up, load it, and print the report."""
-    import torch  # noqa: F401 - only to make the stand-in checkpoint
+    import torch  # only to make the stand-in checkpoint
     from conftest import encode, make_photo, stand_in_state_dict
 
     photo = encode(make_photo(SIZES[args.size], seed=5), "JPEG", quality=90)
@@ -144,7 +144,10 @@ def main(args):
     for status, _ in results:
         statuses[status] = statuses.get(status, 0) + 1
     latencies = sorted(s for status, s in results if status == 200)
-    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")  # noqa: E731
+
+    def p(q):
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
+
     server_errors = sum(n for s, n in statuses.items() if s >= 500 or s == 0)
     print(f"Load: {args.clients} clients, {len(results)} requests of a {args.size} MP JPEG in {elapsed:.0f} s, engine {args.model}")
     print(f"Throughput: {len(results) / elapsed:.2f} req/s; latency p50 {p(0.5):.2f} s, p95 {p(0.95):.2f} s")

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import refine  # noqa: E402
+from app import refine
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "human_seg_dev"
 REFERENCE_METHODS = ("threshold", "closed-form")
@@ -109,7 +109,7 @@ def edge_band(truth, frac):
 
 def closed_form(image, coarse):
     """Closed-form matting (pymatting) on the trimap fg > 0.95, bg < 0.05: bench-only reference."""
-    from pymatting import estimate_alpha_cf  # noqa: PLC0415 - optional, pulls numba
+    from pymatting import estimate_alpha_cf  # optional, pulls numba
 
     trimap = np.full(coarse.shape, 0.5)
     trimap[coarse < 0.05] = 0.0

@@ -19,6 +19,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import FailureGroup
 
 import badinputs
+from app.errors import BgRemovalError
+from app.imaging import MIN_SIDE, DecodedImage, decode_image
 from conftest import FakeEngine
 
 API_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
@@ -139,8 +141,6 @@ def test_schema_lists_the_refine_methods():
 
 # --- decode_image against random and mutated bytes ------------------------------------------------------
 
-from app.errors import BgRemovalError  # noqa: E402
-from app.imaging import MIN_SIDE, DecodedImage, decode_image  # noqa: E402
 
 MAX_PIXELS = 4_000_000  # small, so a header-claimed giant that does decode stays cheap
 SEEDS = badinputs.seeds()

@@ -64,7 +64,7 @@ def test_coco_sample_central_person(engine):
             continue
         w, h = info["width"], info["height"]
 
-        def rule(a):
+        def rule(a, w=w, h=h):
             x, y, bw, bh = a["bbox"]
             d2 = (w / 2 - (x + bw / 2)) ** 2 + (h / 2 - (y + bh / 2)) ** 2
             return float("inf") if d2 == 0 else a["area"] / d2**2

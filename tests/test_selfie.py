@@ -166,7 +166,7 @@ def test_url_source_fills_the_cache_once(tmp_path, server):
     paths = selfie.fetch_weights(cfg, progress=False)
     cache = tmp_path / "weights" / "selfie"
     assert paths == {"general": cache / GENERAL, "landscape": cache / LANDSCAPE}
-    for kind, (name, sha256) in selfie.MODELS.items():
+    for kind, (_name, sha256) in selfie.MODELS.items():
         assert selfie.sha256_of(paths[kind]) == sha256
     assert sorted(server.requests) == sorted(f"/models/{n}" for n in (GENERAL, LANDSCAPE))
     assert selfie.fetch_weights(cfg, progress=False) == paths

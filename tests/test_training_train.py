@@ -44,7 +44,7 @@ def train(data, base_weights, output_dir, *extra):
             "train", "--data-root", str(data), "--output-dir", str(output_dir), "--base-weights", str(base_weights),
             "-j", "0", "--no-progress", "--warmup-iters", "0", "--hflip-prob", "0", "--lr-step-size", "2", "--lr-gamma", "0.8", *testing.TINY_MODEL_FLAGS, *extra,
         ]
-    )  # fmt: skip
+    )
 
 
 def read_losses(path):
@@ -150,7 +150,7 @@ def test_torchrun_two_processes_save_once(data, base_weights, tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training", "train",
         "--data-root", str(data), "--output-dir", str(out), "--base-weights", str(base_weights), "--device", "cpu",
         "-j", "0", "--no-progress", "--epochs", "1", "--warmup-iters", "0", *testing.TINY_MODEL_FLAGS,
-    ]  # fmt: skip
+    ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "distributed init (rank 0/2)" in result.stdout + result.stderr
