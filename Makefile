@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-dev browser bench clean
+.PHONY: run test lint install install-dev browser bench clean
 
 $(VENV)/.installed: requirements.txt requirements-selfie.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,11 @@ run: install
 	BGREMOVAL_MODEL=$$model HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py asgi:app
 
 test: install-dev browser
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
 
 bench: install-dev
 	$(PY) bench/speed.py
