@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt requirements-selfie.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-batch.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 

@@ -34,6 +34,15 @@ def build_parser():
     where.add_argument("--out-dir", type=Path, help="folder for the outputs (default: next to each input)")
     _add_output_options(remove)
 
+    batch = sub.add_parser("batch", help="cut out a whole tree of photos on Ray (this machine or a cluster), with a manifest")
+    batch.add_argument("source", metavar="IN", help="folder of images (or s3://…, gs://…), read recursively")
+    batch.add_argument("dest", metavar="OUT", help="folder for the mirrored cutouts and manifest.jsonl (or s3://…, gs://…)")
+    batch.add_argument("--workers", type=int, help="Ray actors, one engine each (default: one per CPU)")
+    batch.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: start Ray here)")
+    batch.add_argument("--batch-size", type=int, default=16, help="photos per task (default 16)")
+    batch.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists (default: skip them)")
+    _add_output_options(batch)
+
     refine = sub.add_parser("refine", help="refine a mask from anywhere against its photo")
     refine.add_argument("photo", type=Path, help="the photo")
     refine.add_argument("mask", type=Path, help="a grey PNG mask, soft or hard, any size")
@@ -70,6 +79,14 @@ def output_path(src, args, fmt):
     return (args.out_dir / name) if args.out_dir else src.with_name(name)
 
 
+def cutout_options(args, config):
+    """The ``CutoutOptions`` of the output options (``remove`` and ``batch`` share them); raises on bad ones."""
+    options = parse_options(cli_params(args), config)
+    if args.bg_image:
+        options.bg_image = args.bg_image.read_bytes()
+    return options
+
+
 def cmd_remove(args, config):
     """Cut out every input with one model load; exit 1 if any file failed."""
     files = expand_inputs(args.inputs)
@@ -80,9 +97,7 @@ def cmd_remove(args, config):
         print("error: no images found", file=sys.stderr)
         return 2
     try:
-        options = parse_options(cli_params(args), config)
-        if args.bg_image:
-            options.bg_image = args.bg_image.read_bytes()
+        options = cutout_options(args, config)
         engine = EngineRegistry(config).get(options.model)
     except ModelUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -121,6 +136,26 @@ def _report(progress, line):
         progress.write(line, file=sys.stderr)
     else:
         print(line, file=sys.stderr)
+
+
+def cmd_batch(args, config):
+    """Cut out a tree of photos on Ray; exit 1 if any failed, 3 without a model."""
+    if (args.workers is not None and args.workers < 1) or args.batch_size < 1:
+        print("error: --workers and --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        options = cutout_options(args, config)
+    except (BgRemovalError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        # Ray is imported here only: remove, the web app and the bot never load it.
+        from .batch.job import run_batch
+    except ImportError as exc:
+        print(f"error: the batch command needs Ray ({exc}); pip install -r requirements-batch.txt", file=sys.stderr)
+        return 2
+    return run_batch(args.source, args.dest, options, config, workers=args.workers, address=args.address,
+                     batch_size=args.batch_size, overwrite=args.overwrite)
 
 
 def cmd_refine(args, config):
@@ -166,5 +201,5 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = load_config()
-    commands = {"remove": cmd_remove, "refine": cmd_refine, "download-weights": cmd_download, "telegram": cmd_telegram}
+    commands = {"remove": cmd_remove, "batch": cmd_batch, "refine": cmd_refine, "download-weights": cmd_download, "telegram": cmd_telegram}
     return commands[args.command](args, config)
