@@ -178,13 +178,15 @@ def run_batch(source_uri, dest_uri, options, config, workers=None, address=None,
             print(f"skipped {len(skipped)} of {len(skipped) + len(todo)} inputs whose outputs exist (--overwrite redoes them)", file=sys.stderr)
         if not todo:
             return 0
-        # SIGTERM unwinds like Ctrl-C, so Ray is shut down and the manifest closed.
-        previous = signal.signal(signal.SIGTERM, _raise_system_exit)
         _quiet_ray()
         progress = None
         fatal = None
+        previous = signal.getsignal(signal.SIGTERM)
         try:
             cpus = start_ray(address)
+            # After ray.init, whose C++ core installs a SIGTERM handler that aborts: SIGTERM unwinds
+            # like Ctrl-C instead, so Ray is shut down and the manifest closed.
+            signal.signal(signal.SIGTERM, _raise_system_exit)
             workers = max(1, workers or cpus)
             threads = threads_per_worker(config, cpus, workers)
             progress = Progress(len(todo))
@@ -194,6 +196,9 @@ def run_batch(source_uri, dest_uri, options, config, workers=None, address=None,
                 fatal = next((row for row in rows if row["code"] in FATAL_CODES), None)
                 if fatal:
                     break
+        except (KeyboardInterrupt, SystemExit):
+            print(f"\ninterrupted: {manifest.path} holds what finished; the same command resumes", file=sys.stderr)
+            raise
         finally:
             if progress:
                 progress.close()
