@@ -7,10 +7,15 @@ absolutes, from a shared machine. Columns:
 
 - wall: the whole command, start to exit (Ray's start and stop, model loads included);
 - photos/s: photos / wall, what a user waits for on a job of this size;
-- worker s/photo: the median of the manifest's per-photo seconds (read, cut out, write) in a
-  worker (the median leaves out each worker's first, warm-up photo);
-- steady photos/s: workers / worker s/photo, the rate once Ray is up (what a big job sees);
-- overhead: wall minus the steady time of the photos (Ray start-up, actor and model start, shut-down).
+- fixed cost: what a job pays once whatever its size. For ``batch``: wall minus the photos' share
+  of the workers' wall time (Ray's start and stop, actor and model start). For ``remove``: the wall
+  of a one-photo run minus one photo's share of the full run (imports, model load);
+- CPU s/photo: CPU time per photo, start-up excluded. For ``batch``, the mean of the manifest's
+  ``cpu_seconds`` (the worker process's CPU time, all threads) leaving out each worker's first,
+  warm-up photo; for ``remove``, (CPU of the full run − CPU of the one-photo run) / (photos − 1),
+  from getrusage. CPU time, unlike wall time, barely moves when other work shares the cores, so it
+  is the figure to cost a big job with;
+- CPU-h per 1M photos: CPU s/photo × 1 000 000 / 3600.
 
     python bench/batch.py                          # selfie engine on human_seg_dev's 140 photos
     python bench/batch.py --engine maskrcnn --limit 40 --rounds 2   # the random-weight stand-in (speed only)
@@ -20,6 +25,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -69,28 +75,47 @@ def engine_env(engine, tmp):
 
 
 def timed(cmd, env):
-    """Run ``cmd``; return (wall seconds, CompletedProcess)."""
+    """Run ``cmd``; return (wall seconds, CPU seconds of the reaped child processes, CompletedProcess)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    return time.perf_counter() - start, result
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), result
 
 
 def run_remove(folder, out, env, photos):
-    """``python -m app remove FOLDER --out-dir OUT`` (one process, all its threads)."""
-    wall, result = timed([sys.executable, "-m", "app", "remove", str(folder), "--out-dir", str(out)], env)
+    """``python -m app remove FOLDER --out-dir OUT`` (one process, all its threads), and the same on
+    one photo: the difference of the two is the per-photo cost, the rest start-up."""
+    wall, cpu, result = timed([sys.executable, "-m", "app", "remove", str(folder), "--out-dir", str(out)], env)
     if result.returncode not in (0, 1):
         raise RuntimeError(f"remove failed: {result.stderr[-2000:]}")
-    return {"wall": wall, "photos": photos, "worker_s": None, "workers": 1}
+    one = sorted(folder.iterdir())[0]
+    wall_1, cpu_1, result = timed([sys.executable, "-m", "app", "remove", str(one), "-o", str(out / "one.png")], env)
+    if result.returncode != 0:
+        raise RuntimeError(f"remove failed on {one}: {result.stderr[-2000:]}")
+    per_photo_wall = (wall - wall_1) / max(1, photos - 1)
+    return {"wall": wall, "photos": photos, "cpu_s": (cpu - cpu_1) / max(1, photos - 1), "fixed": wall_1 - per_photo_wall}
 
 
 def run_batch(folder, out, env, workers):
     """``python -m app batch FOLDER OUT --workers N`` on a local Ray it starts and stops."""
-    wall, result = timed([sys.executable, "-m", "app", "batch", str(folder), str(out), "--workers", str(workers)], env)
+    wall, _, result = timed([sys.executable, "-m", "app", "batch", str(folder), str(out), "--workers", str(workers)], env)
     if result.returncode not in (0, 1):
         raise RuntimeError(f"batch failed: {result.stderr[-2000:]}")
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    done = [row for row in rows if row["status"] == "ok"]
-    return {"wall": wall, "photos": len(done), "worker_s": statistics.median(r["seconds"] for r in done), "workers": workers}
+    seen, steady = set(), []
+    for row in rows:  # manifest order is each worker's processing order
+        if row["pid"] in seen and row["status"] == "ok":
+            steady.append(row)
+        seen.add(row["pid"])
+    done = sum(row["status"] == "ok" for row in rows)
+    return {
+        "wall": wall,
+        "photos": done,
+        "cpu_s": statistics.mean(r["cpu_seconds"] for r in steady),
+        "fixed": wall - done * statistics.mean(r["seconds"] for r in steady) / workers,
+    }
 
 
 def main(args):
@@ -122,20 +147,18 @@ def main(args):
                     results[(kind, workers)].append(run_remove(folder, out, env, len(images)))
                 else:
                     results[(kind, workers)].append(run_batch(folder, out, env, workers))
-        print("| command | workers × threads | photos | wall | photos/s | worker s/photo | steady photos/s | overhead |")
+        print("| command | workers × threads | photos | wall | photos/s | fixed cost | CPU s/photo | CPU-h per 1M photos |")
         print("|---|---|---|---|---|---|---|---|")
         for (kind, workers), runs in results.items():
             wall = statistics.median(r["wall"] for r in runs)
             photos = runs[0]["photos"]
+            cpu_s = statistics.median(r["cpu_s"] for r in runs)
+            fixed = statistics.median(r["fixed"] for r in runs)
             if kind == "remove":
-                print(f"| `remove` | 1 × {cpus} | {photos} | {wall:.1f} s | {photos / wall:.2f} | | | |")
-                continue
-            worker_s = statistics.median(r["worker_s"] for r in runs)
-            threads = max(1, cpus // workers)
-            steady = workers / worker_s
-            overhead = wall - photos * worker_s / workers
-            print(f"| `batch --workers {workers}` | {workers} × {threads} | {photos} | {wall:.1f} s | {photos / wall:.2f} | "
-                  f"{worker_s:.3f} s | {steady:.2f} | {overhead:.1f} s |")
+                label, shape = "`remove`", f"1 × {cpus}"
+            else:
+                label, shape = f"`batch --workers {workers}`", f"{workers} × {max(1, cpus // workers)}"
+            print(f"| {label} | {shape} | {photos} | {wall:.1f} s | {photos / wall:.2f} | {fixed:.1f} s | {cpu_s:.3f} s | {cpu_s * 1e6 / 3600:.0f} |")
         print(f"\nMachine after: load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     return 0
 

@@ -132,7 +132,8 @@ def test_a_finished_job_is_all_skipped_without_starting_ray(tmp_path, capsys):
     assert main(["batch", str(source), str(out)]) == 0
     assert not ray.is_initialized()
     assert manifest_rows(out) == [
-        {"path": "p.jpg", "status": "skipped", "code": None, "message": None, "output": "p_bgr.png", "seconds": 0.0, "host": None, "pid": None}
+        {"path": "p.jpg", "status": "skipped", "code": None, "message": None, "output": "p_bgr.png", "seconds": 0.0,
+         "cpu_seconds": 0.0, "host": None, "pid": None}
     ]
     assert "skipped 1 of 1" in capsys.readouterr().err
 

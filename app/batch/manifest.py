@@ -1,17 +1,18 @@
 """The job's account of every input: ``OUT/manifest.jsonl``, one JSON object per line (no Ray here).
 
 A line: ``path`` (relative to IN), ``status`` (``ok``, ``error`` or ``skipped``), ``code`` and
-``message`` (for errors), ``output`` (relative to OUT), ``seconds``, and the worker's ``host`` and
-``pid``. Lines are written as results arrive, so a killed run's manifest holds what it finished.
+``message`` (for errors), ``output`` (relative to OUT), ``seconds`` (wall) and ``cpu_seconds`` (the
+worker process's CPU time, all its threads: what a photo costs on a shared machine), and the
+worker's ``host`` and ``pid``. Lines are written as results arrive, so a killed run's manifest holds what it finished.
 """
 import json
 
 NAME = "manifest.jsonl"
-FIELDS = ("path", "status", "code", "message", "output", "seconds", "host", "pid")
+FIELDS = ("path", "status", "code", "message", "output", "seconds", "cpu_seconds", "host", "pid")
 STATUSES = ("ok", "error", "skipped")
 
 
-def make_row(path, status, output=None, code=None, message=None, seconds=0.0, host=None, pid=None):
+def make_row(path, status, output=None, code=None, message=None, seconds=0.0, cpu_seconds=0.0, host=None, pid=None):
     """One manifest row as a dict with every field, in ``FIELDS`` order."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
@@ -22,6 +23,7 @@ def make_row(path, status, output=None, code=None, message=None, seconds=0.0, ho
         "message": message,
         "output": output,
         "seconds": round(float(seconds), 3),
+        "cpu_seconds": round(float(cpu_seconds), 3),
         "host": host,
         "pid": None if pid is None else int(pid),
     }

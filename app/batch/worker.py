@@ -43,9 +43,9 @@ class CutoutWorker:
 
     def cut_out(self, relative):
         """Read IN/relative, write its cutout at the mirrored path below OUT; return the manifest row."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         output = output_name(relative, self.options.format)
-        facts = {"host": self.host, "pid": self.pid}
+        status, code, message = "ok", None, None
         try:
             if self.engine_error is not None:
                 raise self.engine_error
@@ -54,12 +54,13 @@ class CutoutWorker:
             cutout = remove_background(data, self.engine, self.options, self.config)
             self._write(output, cutout.data)
         except BgRemovalError as exc:
-            return make_row(relative, "error", output, exc.code, str(exc), time.perf_counter() - started, **facts)
+            status, code, message = "error", exc.code, str(exc)
         except OSError as exc:  # unreadable input, unwritable output
-            return make_row(relative, "error", output, "io_error", str(exc), time.perf_counter() - started, **facts)
+            status, code, message = "error", "io_error", str(exc)
         finally:
             trim_heap()
-        return make_row(relative, "ok", output, seconds=time.perf_counter() - started, **facts)
+        return make_row(relative, status, output, code, message, seconds=time.perf_counter() - started,
+                        cpu_seconds=time.process_time() - cpu_started, host=self.host, pid=self.pid)
 
     def _write(self, output, data):
         """Write ``data`` at OUT/output; on a local disk through a rename, so it is whole or absent."""
