@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from app.engines.cpu import available_cpus  # noqa: E402 - after the sys.path lines above
-from bench.datasets import human_seg_dir, models_dir  # noqa: E402 - after the sys.path lines above
+from app.cpu import available_cpus
+from bench.datasets import human_seg_dir, models_dir
 
 
 def machine():
@@ -127,7 +127,7 @@ def main(args):
         print(f"no photos in {args.data}", file=sys.stderr)
         return 2
     cpus = available_cpus()
-    with tempfile.TemporaryDirectory(prefix="bench", dir="/tmp") as tmp:
+    with tempfile.TemporaryDirectory(prefix="batchbench", dir="/tmp") as tmp:
         folder = Path(tmp) / "photos"
         folder.mkdir()
         for path in images:

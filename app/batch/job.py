@@ -18,7 +18,7 @@ from pathlib import Path
 import ray
 from ray.data import ActorPoolStrategy, DataContext
 
-from ..engines.cpu import available_cpus
+from ..cpu import available_cpus
 from .listing import existing_outputs, list_inputs, open_tree, output_name, split_done
 from .manifest import ManifestWriter, make_row
 from .worker import CutoutWorker
