@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.batch.job import blocks_for
+from app.batch.job import blocks_for, pool_shape
 from app.batch.listing import PARTIAL_SUFFIX, existing_outputs, list_inputs, open_tree, output_name, split_done
 from app.cli import main
 from conftest import SHARED, encode, make_photo
@@ -109,6 +109,14 @@ def test_blocks_give_every_worker_work_in_small_batches(count, workers, batch):
     assert rows <= batch  # bounded work per task
     assert blocks * rows >= count  # every row has a block
     assert blocks >= min(count, 2 * workers)  # enough blocks for every actor
+
+
+def test_the_pool_fits_the_cpus():
+    assert pool_shape(2) == (2, 1)  # default: a worker per CPU, one thread each
+    assert pool_shape(16, 4) == (4, 4)  # cpus // workers threads: no oversubscription
+    assert pool_shape(2, 8) == (2, 1)  # more workers than CPUs could never all start
+    assert pool_shape(8, 4, threads=3) == (2, 3)  # BGREMOVAL_THREADS wins, the workers shrink to fit
+    assert pool_shape(2, 1, threads=6) == (1, 2)
 
 
 def test_bad_arguments_exit_2_before_ray_starts(tmp_path, capsys):

@@ -105,9 +105,13 @@ def _stderr_shown_on_error():
             os.close(saved)
 
 
-def threads_per_worker(config, cpus, workers):
-    """``THREADS`` when set, else the CPUs shared out evenly (``cpus // workers``, at least 1)."""
-    return int(config.get("THREADS") or 0) or max(1, cpus // workers)
+def pool_shape(cpus, workers=None, threads=0):
+    """``(workers, threads per worker)`` that fit ``cpus``: one worker per CPU by default, threads
+    ``threads`` (BGREMOVAL_THREADS) or ``cpus // workers``; never more workers than the CPUs hold, as
+    each actor reserves its threads' CPUs and one that cannot be placed would wait for ever."""
+    workers = max(1, workers or cpus)
+    threads = min(cpus, int(threads or 0) or max(1, cpus // workers))
+    return min(workers, max(1, cpus // threads)), threads
 
 
 def run_cutouts(todo, source, dest, options, config, workers, batch_size, threads):
@@ -187,8 +191,10 @@ def run_batch(source_uri, dest_uri, options, config, workers=None, address=None,
             # After ray.init, whose C++ core installs a SIGTERM handler that aborts: SIGTERM unwinds
             # like Ctrl-C instead, so Ray is shut down and the manifest closed.
             signal.signal(signal.SIGTERM, _raise_system_exit)
-            workers = max(1, workers or cpus)
-            threads = threads_per_worker(config, cpus, workers)
+            asked = workers
+            workers, threads = pool_shape(cpus, workers, config.get("THREADS"))
+            if asked and asked > workers:
+                print(f"note: {cpus} CPUs hold {workers} workers of {threads} thread(s); using {workers}", file=sys.stderr)
             progress = Progress(len(todo))
             for rows in run_cutouts(todo, source, dest, options, config, workers, batch_size, threads):
                 manifest.write(rows)

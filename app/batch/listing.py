@@ -5,16 +5,15 @@ Both trees are opened through pyarrow's filesystems, so ``IN`` and ``OUT`` may b
 ``OUT/a/b/photo_bgr.png`` (the chosen format's extension).
 """
 import posixpath
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyarrow import fs as pafs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo")
-OUTPUT_FORMATS = ("png", "jpg", "webp")
-# This tool's own outputs (``<stem>_bgr.<format>``): never inputs, so a rerun into IN is safe.
-OWN_OUTPUT = re.compile(r"_bgr\.(?:" + "|".join(OUTPUT_FORMATS) + ")$", re.IGNORECASE)
+# What ``remove`` and ``batch`` append to a name (photo.jpg -> photo_bgr.png). Files whose stem ends
+# with it are this tool's outputs, never inputs (as ``remove`` decides), so a rerun into IN is safe.
+OUTPUT_SUFFIX = "_bgr"
 # Where a worker writes before the atomic rename, so a killed run leaves no half-written output.
 PARTIAL_SUFFIX = ".part"
 
@@ -49,7 +48,7 @@ def output_name(relative, fmt):
     """Where the cutout of input ``relative`` goes below OUT: same folders, ``<stem>_bgr.<fmt>``."""
     folder, name = posixpath.split(relative)
     stem = posixpath.splitext(name)[0]
-    return posixpath.join(folder, f"{stem}_bgr.{fmt}")
+    return posixpath.join(folder, f"{stem}{OUTPUT_SUFFIX}.{fmt}")
 
 
 def _files(tree):
@@ -64,7 +63,7 @@ def _files(tree):
 def list_inputs(source, dest=None):
     """Sorted relative paths of the images below ``source``.
 
-    Skips this tool's own outputs (``*_bgr.png``…), unfinished ``.part`` files, hidden files, and
+    Skips this tool's own outputs (``*_bgr.*``), unfinished ``.part`` files, hidden files, and
     everything below ``dest`` when OUT lies inside IN on the same filesystem.
     """
     inside = None
@@ -75,7 +74,8 @@ def list_inputs(source, dest=None):
     found = []
     for relative in _files(source):
         name = posixpath.basename(relative)
-        if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES) or OWN_OUTPUT.search(name):
+        stem = posixpath.splitext(name)[0]
+        if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES) or stem.endswith(OUTPUT_SUFFIX):
             continue
         if inside and relative.startswith(inside):
             continue
