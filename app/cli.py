@@ -154,8 +154,11 @@ def cmd_batch(args, config):
     except ImportError as exc:
         print(f"error: the batch command needs Ray ({exc}); pip install -r requirements-batch.txt", file=sys.stderr)
         return 2
-    return run_batch(args.source, args.dest, options, config, workers=args.workers, address=args.address,
-                     batch_size=args.batch_size, overwrite=args.overwrite)
+    try:
+        return run_batch(args.source, args.dest, options, config, workers=args.workers, address=args.address,
+                         batch_size=args.batch_size, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C: run_batch has shut Ray down and said how to resume
 
 
 def cmd_refine(args, config):
