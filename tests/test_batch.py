@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.batch.job import blocks_for, pool_shape
+from app.batch.job import blocks_for, plan, pool_shape
 from app.batch.listing import PARTIAL_SUFFIX, existing_outputs, list_inputs, open_tree, output_name, split_done
 from app.cli import main
 from conftest import SHARED, encode, make_photo
@@ -214,6 +214,38 @@ def test_the_issue_scenario_on_two_local_workers_then_a_resumed_rerun(tmp_path, 
     assert before == {p: (out / p).stat().st_mtime_ns for p in before}  # done work was not redone
     Image.open(out / "top_bgr.png").verify()  # a whole cutout, and the stale .part is gone
     assert not list(out.rglob(f"*{PARTIAL_SUFFIX}"))
+
+
+def test_sigterm_stops_ray_and_keeps_what_finished_for_the_rerun(tmp_path, ray_env):
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for i in range(60):
+        (source / f"p{i:02d}.jpg").write_bytes(encode(make_photo((160, 120), seed=i)))
+    # Small batches, so rows come back long before the last photo is done.
+    job = subprocess.Popen([sys.executable, "-m", "app", "batch", str(source), str(out), "--workers", "1", "--batch-size", "2"],
+                           cwd=ROOT, env=ray_env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not ((out / "manifest.jsonl").is_file() and '"ok"' in (out / "manifest.jsonl").read_text()):
+            assert job.poll() is None and time.monotonic() < deadline, "the job ended before any photo was done"
+            time.sleep(0.2)
+        job.send_signal(signal.SIGTERM)
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 143, stderr
+    assert "the same command resumes" in stderr
+    deadline = time.monotonic() + 60
+    while _session_pids(job.pid) and time.monotonic() < deadline:  # Ray's processes, shut down by the job
+        time.sleep(0.2)
+    assert not _session_pids(job.pid)
+    finished = {row["path"] for row in manifest_rows(out) if row["status"] == "ok"}
+    assert 0 < len(finished) < 60
+    todo, skipped = plan(open_tree(str(source)), open_tree(str(out)), "png", overwrite=False)
+    assert finished <= set(skipped) and len(todo) + len(skipped) == 60 and todo  # a rerun does only the rest
+    for relative in skipped:
+        Image.open(out / output_name(relative, "png")).verify()  # every output on disk is whole
 
 
 # --- a cluster started with `ray start` ----------------------------------------------------------
