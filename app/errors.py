@@ -58,3 +58,19 @@ class ModelUnavailable(BgRemovalError):
 
 class Busy(BgRemovalError):
     code, status, title = "busy", 503, "The server is busy; try again in a few seconds."
+
+
+class UrlNotAllowed(BgRemovalError):
+    code, status, title = "url_not_allowed", 400, "The URL is not allowed: only http(s) to a public address."
+
+
+class UrlFetchFailed(BgRemovalError):
+    code, status, title = "url_fetch_failed", 400, "The image could not be downloaded from the URL."
+
+
+class AuthFailed(BgRemovalError):
+    code, status, title = "auth_failed", 403, "Missing or invalid API key (send it in the X-Api-Key header)."
+
+
+class RateLimited(BgRemovalError):
+    code, status, title = "rate_limit_exceeded", 429, "Rate limit exceeded; see Retry-After."
