@@ -73,6 +73,10 @@ DEFAULTS = {
     "PROXY_HOPS": 0,
     # Engines a request may choose with model=..., comma-separated; empty = the MODEL engine only.
     "MODELS": "",
+    # Let the server download missing weights when a request (or WARMUP) first needs them. Off:
+    # weights come from `python -m app download-weights` (the build step); no request ever starts
+    # or retries a download. For development only.
+    "DOWNLOAD_ON_REQUEST": False,
     # Origins allowed to call the API from browser code on other sites, comma-separated; none by default.
     "CORS_ORIGINS": "",
     # GET /metrics in Prometheus text format.

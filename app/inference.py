@@ -8,11 +8,12 @@ seconds gets ``Busy`` (503 with Retry-After) instead of queueing without bound.
 """
 import logging
 import threading
+import time
 from contextlib import contextmanager
 
 from flask import current_app
 
-from .engines import EngineRegistry, weights_status
+from .engines import EngineRegistry, allowed_engines, weights_status
 from .errors import BgRemovalError, Busy
 from .memory import trim_heap
 
@@ -24,19 +25,28 @@ class InferenceResource:
     """What ``init_app`` keeps on the app: the engine registry and the inference slots."""
 
     def __init__(self, config, factory=None):
-        self.registry = EngineRegistry(config, factory)
+        # Requests choose only among the allowed engines, and never start a weights download.
+        download = bool(config.get("DOWNLOAD_ON_REQUEST"))
+        self.registry = EngineRegistry(config, factory, allowed=allowed_engines(config), download=download)
         self.slots = threading.BoundedSemaphore(max(1, int(config["MAX_CONCURRENT"])))
         self.queue_timeout = float(config["QUEUE_TIMEOUT"])
+        # Observers (metrics): ``taken(seconds_waited)`` and ``released()`` around every slot.
+        self.slot_observers = []
 
     @contextmanager
     def slot(self):
         """Hold one inference slot, waiting at most ``queue_timeout`` seconds, else raise Busy."""
+        started = time.perf_counter()
         if not self.slots.acquire(timeout=self.queue_timeout):
             raise Busy(f"all inference slots stayed busy for {self.queue_timeout:g} s")
+        for observer in self.slot_observers:
+            observer.taken(time.perf_counter() - started)
         try:
             yield
         finally:
             self.slots.release()
+            for observer in self.slot_observers:
+                observer.released()
             # A cutout frees tens of MB of image buffers; hand them back so RSS does not creep.
             trim_heap()
 
