@@ -3,6 +3,15 @@
 The core raises these; the web layer maps them to responses in one place (``app.api``), the CLI
 prints them as one line, the bot turns them into a chat reply.
 """
+import re
+
+# An absolute file path (not the path part of a URL): clients get its last component only.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"`:;,()<>]+)+/([^\s/'\"`:;,()<>]+)")
+
+
+def redact_paths(text):
+    """``text`` with absolute paths cut to their file name: what the server's disk looks like is not the client's business."""
+    return _ABSOLUTE_PATH.sub(r"\1", str(text))
 
 
 class BgRemovalError(Exception):
@@ -20,7 +29,7 @@ class BgRemovalError(Exception):
         """The remove.bg-style error object: ``{"code", "title"[, "detail"]}``."""
         error = {"code": self.code, "title": self.title}
         if self.detail:
-            error["detail"] = str(self.detail)
+            error["detail"] = redact_paths(self.detail)
         return error
 
 

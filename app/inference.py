@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from flask import current_app
 
 from .engines import EngineRegistry, allowed_engines, weights_status
-from .errors import BgRemovalError, Busy
+from .errors import BgRemovalError, Busy, redact_paths
 from .memory import trim_heap
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,12 @@ def get_engine(name=None):
 
 
 def readiness(app=None):
-    """``(ready, reason)``: the default engine is loaded, or its weights are there to load."""
-    resource = get_resource(app)
+    """``(ready, reason)``: the default engine is loaded, or its weights are there to load (no server paths)."""
+    ready, reason = _readiness(get_resource(app))
+    return ready, redact_paths(reason)
+
+
+def _readiness(resource):
     name = resource.registry.resolve_name()
     if name in resource.registry.loaded():
         return True, f"{name} loaded"
