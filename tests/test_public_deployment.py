@@ -226,3 +226,27 @@ def test_format_zip_gives_color_jpg_and_alpha_png(servers):
     account = requests.get(a + "/v1.0/account", headers={"X-Api-Key": CLIENT_KEY}, timeout=30)
     assert account.status_code == 200
     assert account.json()["data"]["attributes"]["api"]["free_calls"] == 6 - 3  # file, base64, zip
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="/usr/bin/chromium is missing: apt-get install -y chromium")
+def test_the_page_works_in_a_browser_without_a_key(servers, tmp_path):
+    """Keys are set, yet the page's script gets a cutout: the browser's Sec-Fetch-Site puts it on the page budget."""
+    from playwright.sync_api import sync_playwright
+
+    a, _, _ = servers
+    photo = tmp_path / "portrait.jpg"
+    photo.write_bytes(encode(make_photo((400, 300)), "JPEG"))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            answers = []
+            page.on("response", lambda r: answers.append((r.url, r.status, r.headers.get("x-ratelimit-limit"))) if "/api/remove" in r.url else None)
+            page.goto(a + "/")
+            page.set_input_files("#file", str(photo))
+            page.click("#submit")
+            page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+        finally:
+            browser.close()
+    assert answers == [(a + "/api/remove", 200, "10")]  # PAGE_RATE_LIMIT's default, not the keys' 6/hour
