@@ -9,6 +9,7 @@ checked the same way (at most ``MAX_REDIRECTS``); size and time are capped. Fram
 ``allowed`` is a set of ``(address, port)`` pairs exempt from the address check: off by default,
 for tests against a loopback server or an internal image host you trust.
 """
+import concurrent.futures
 import http.client
 import ipaddress
 import socket
@@ -24,6 +25,8 @@ CHUNK = 64 * 1024
 SCHEMES = {"http": 80, "https": 443}
 # NAT64's well-known prefix carries an IPv4 address in its last 32 bits.
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# getaddrinfo has no timeout: it runs here, and a request stops waiting for it at its deadline.
+_RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
 
 
 def unwrap(address):
@@ -67,12 +70,14 @@ def check_address(address, port, allowed=frozenset()):
         raise UrlNotAllowed("the URL points to a loopback, private, link-local or reserved address")
 
 
-def resolve(host, port):
-    """Every address ``host`` resolves to, as strings (``getaddrinfo``, TCP only)."""
+def resolve(host, port, timeout=10.0):
+    """Every address ``host`` resolves to, as strings (``getaddrinfo``, TCP only, waited for at most ``timeout`` s)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _RESOLVER.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM).result(timeout=max(timeout, 0.001))
     except (socket.gaierror, UnicodeError) as exc:
         raise UrlFetchFailed("the URL's host name could not be resolved") from exc
+    except TimeoutError as exc:
+        raise UrlFetchFailed(f"resolving the URL's host name took longer than {timeout:g} s") from exc
     return list(dict.fromkeys(info[4][0].split("%", 1)[0] for info in infos))
 
 
@@ -104,7 +109,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
-def _target(url, allowed):
+def _target(url, allowed, timeout):
     """``(scheme, host, port, address, path)`` for ``url`` after every check, or UrlNotAllowed."""
     try:
         parts = urllib.parse.urlsplit(str(url).strip())
@@ -120,7 +125,7 @@ def _target(url, allowed):
     if not host:
         raise UrlNotAllowed("the URL has no host")
     port = port or SCHEMES[scheme]
-    addresses = resolve(host, port)
+    addresses = resolve(host, port, timeout)
     if not addresses:
         raise UrlFetchFailed("the URL's host name has no address")
     for address in addresses:
@@ -135,7 +140,7 @@ def fetch(url, max_bytes, timeout=10.0, allowed=frozenset()):
     """The body of ``url`` (at most ``max_bytes``, within ``timeout`` seconds overall), checked at every hop."""
     deadline = time.monotonic() + float(timeout)
     for _ in range(MAX_REDIRECTS + 1):
-        scheme, host, port, address, path = _target(url, allowed)
+        scheme, host, port, address, path = _target(url, allowed, deadline - time.monotonic())
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise UrlFetchFailed(f"the download took longer than {timeout:g} s")

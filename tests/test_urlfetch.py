@@ -172,3 +172,18 @@ def test_parse_allowed():
     assert urlfetch.parse_allowed("") == frozenset()
     with pytest.raises(ValueError):
         urlfetch.parse_allowed("example.com:80")
+
+
+def test_a_slow_resolver_is_not_waited_for(monkeypatch, no_connect):
+    release = threading.Event()
+
+    def stuck(host, port, type=0):
+        release.wait(10)
+        raise socket.gaierror("gave up")
+
+    monkeypatch.setattr(urlfetch.socket, "getaddrinfo", stuck)
+    try:
+        with pytest.raises(UrlFetchFailed, match="resolving"):
+            urlfetch.fetch("http://slow-dns.example.com/a.jpg", max_bytes=1000, timeout=0.3)
+    finally:
+        release.set()
