@@ -83,3 +83,7 @@ class AuthFailed(BgRemovalError):
 
 class RateLimited(BgRemovalError):
     code, status, title = "rate_limit_exceeded", 429, "Rate limit exceeded; see Retry-After."
+
+
+class InvalidType(BgRemovalError):
+    code, status, title = "invalid_type", 400, "This server cuts out people: type must be auto or person."
