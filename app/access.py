@@ -115,6 +115,13 @@ class Access:
         return current.limit.amount, current.remaining, current.reset_at
 
 
+def _retry_after_on_refusals_only(response):
+    # Flask-Limiter sets Retry-After on every metered answer; it means something on 429 and 503 only.
+    if response.status_code < 400:
+        response.headers.pop("Retry-After", None)
+    return response
+
+
 def get_access(app):
     """The app's Access."""
     return app.extensions[EXTENSION]
@@ -129,6 +136,8 @@ def init_app(app):
     access = Access(app.config)
     app.extensions[EXTENSION] = access
     app.before_request(access.require_key)
+    # Registered before the limiter's own hook, so it runs after it (Flask runs them in reverse).
+    app.after_request(_retry_after_on_refusals_only)
     if access.rate_limit or access.page_limit:
         access.limiter.init_app(app)
 
