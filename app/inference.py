@@ -30,8 +30,8 @@ class InferenceResource:
         self.registry = EngineRegistry(config, factory, allowed=allowed_engines(config), download=download)
         self.slots = threading.BoundedSemaphore(max(1, int(config["MAX_CONCURRENT"])))
         self.queue_timeout = float(config["QUEUE_TIMEOUT"])
-        # Observers (metrics): ``taken(seconds_waited)`` and ``released()`` around every slot.
-        self.slot_observers = []
+        # Observers (metrics): ``slot_taken(seconds_waited)``, ``slot_released()``, ``cutout_done(cutout)``.
+        self.observers = []
 
     @contextmanager
     def slot(self):
@@ -39,14 +39,14 @@ class InferenceResource:
         started = time.perf_counter()
         if not self.slots.acquire(timeout=self.queue_timeout):
             raise Busy(f"all inference slots stayed busy for {self.queue_timeout:g} s")
-        for observer in self.slot_observers:
-            observer.taken(time.perf_counter() - started)
+        for observer in self.observers:
+            observer.slot_taken(time.perf_counter() - started)
         try:
             yield
         finally:
             self.slots.release()
-            for observer in self.slot_observers:
-                observer.released()
+            for observer in self.observers:
+                observer.slot_released()
             # A cutout frees tens of MB of image buffers; hand them back so RSS does not creep.
             trim_heap()
 

@@ -40,23 +40,22 @@ MODEL_LOAD = Histogram("bgremoval_model_load_seconds", "Time to build an engine 
 RATE_LIMIT_REFUSALS = Counter("bgremoval_rate_limit_refusals_total", "Requests refused with 429, by counter kind.", ["bucket"])
 
 
-def observe_cutout(timings):
-    """Record one cutout's stage timings (``Cutout.timings``: stage name -> seconds)."""
-    for stage, seconds in timings.items():
-        STAGES.labels(stage=stage).observe(seconds)
+class InferenceMetrics:
+    """Observes the inference resource: queue wait, slots in use, and each cutout's stage timings."""
 
-
-class SlotMetrics:
-    """Observes the inference slots: queue wait and slots in use."""
-
-    def taken(self, seconds_waited):
+    def slot_taken(self, seconds_waited):
         """A slot was taken after waiting ``seconds_waited``."""
         QUEUE_WAIT.observe(seconds_waited)
         SLOTS_IN_USE.inc()
 
-    def released(self):
+    def slot_released(self):
         """A slot was given back."""
         SLOTS_IN_USE.dec()
+
+    def cutout_done(self, cutout):
+        """Record a cutout's stage timings (``Cutout.timings``: stage name -> seconds)."""
+        for stage, seconds in cutout.timings.items():
+            STAGES.labels(stage=stage).observe(seconds)
 
 
 def _registry():
@@ -102,7 +101,7 @@ def init_app(app):
     if not app.config.get("METRICS", True):
         return
     app.extensions[EXTENSION] = set()  # engines whose load time is recorded
-    get_resource(app).slot_observers.append(SlotMetrics())
+    get_resource(app).observers.append(InferenceMetrics())
     app.before_request(_start_timer)
     app.after_request(_count)
     app.register_blueprint(bp)
