@@ -14,7 +14,7 @@ def create_app(test_config=None):
     # not pull in Flask and the web modules.
     from flask import Flask
 
-    from . import access, api, cors, error_responses, inference, metrics, security, telegram, web
+    from . import access, api, cors, error_responses, inference, metrics, removebg, security, telegram, web
     from .config import load_config
     from .uploads import UploadRequest
 
@@ -38,5 +38,6 @@ def create_app(test_config=None):
     error_responses.init_app(app)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(removebg.bp)
     telegram.init_app(app)
     return app

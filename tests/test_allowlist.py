@@ -52,7 +52,7 @@ def test_models_lists_what_requests_may_choose(make, built):
     assert post(client, "selfie").status_code == 200
     assert built == ["maskrcnn", "selfie"]
     response = post(client, "u2net")
-    assert response.status_code == 400 and "selfie, maskrcnn" in response.get_json()["errors"][0]["detail"]
+    assert response.status_code == 400 and response.get_json()["errors"][0]["code"] == "invalid_parameter"
 
 
 @pytest.mark.parametrize("config", [{"MODEL": "maskrcnn", "MODELS": "selfie"}, {"MODELS": "maskrcnn,u2net"}, {"MODEL": "u2net"}])
