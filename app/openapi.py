@@ -86,13 +86,14 @@ def _public_paths():
     }
 
 
-def openapi_document():
-    """The OpenAPI 3.0 document as a dict."""
+def openapi_document(engines=None):
+    """The OpenAPI 3.0 document as a dict; ``engines``: the ones this server allows (BGREMOVAL_MODELS), else all."""
+    parameters = PARAMETERS if engines is None else {**PARAMETERS, "model": {**PARAMETERS["model"], "enum": list(engines)}}
     form_properties = {
         "file": {"type": "string", "format": "binary", "description": "The photo (rembg's field name)."},
         "image_file": {"type": "string", "format": "binary", "description": "The photo (remove.bg's field name)."},
         "bg_image_file": {"type": "string", "format": "binary", "description": "An image to place behind the subject."},
-        **PARAMETERS,
+        **parameters,
     }
     facts = {
         name: {"schema": {"type": "integer"}, "description": text}
@@ -114,7 +115,7 @@ def openapi_document():
                 "post": {
                     "summary": "Cut out the person in a photo",
                     "description": "Send the photo as multipart (field file or image_file) or as the raw request body (any Content-Type; the bytes are sniffed). Parameters go in form fields or the query string.",
-                    "parameters": [{"name": k, "in": "query", "required": False, "schema": v} for k, v in PARAMETERS.items()],
+                    "parameters": [{"name": k, "in": "query", "required": False, "schema": v} for k, v in parameters.items()],
                     "requestBody": {
                         "required": True,
                         "content": {

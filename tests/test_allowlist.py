@@ -100,3 +100,9 @@ def test_a_request_never_downloads_weights(tmp_path, weights_host, model, settin
     assert weights_host.hits == []
     ready = client.get("/readyz")
     assert ready.status_code == 503 and "download-weights" in ready.get_json()["reason"]
+
+
+def test_the_served_schema_lists_the_allowed_engines(make):
+    schema = make(MODEL="selfie").test_client().get("/api/openapi.json").get_json()
+    model = next(p for p in schema["paths"]["/api/remove"]["post"]["parameters"] if p["name"] == "model")
+    assert model["schema"]["enum"] == ["selfie"]
