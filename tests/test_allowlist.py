@@ -106,3 +106,10 @@ def test_the_served_schema_lists_the_allowed_engines(make):
     schema = make(MODEL="selfie").test_client().get("/api/openapi.json").get_json()
     model = next(p for p in schema["paths"]["/api/remove"]["post"]["parameters"] if p["name"] == "model")
     assert model["schema"]["enum"] == ["selfie"]
+
+
+def test_the_page_offers_only_the_allowed_engines(make):
+    html = make(MODEL="selfie").test_client().get("/").get_data(as_text=True)
+    assert 'value="selfie"' in html and 'value="maskrcnn"' not in html
+    html = make(MODEL="selfie", MODELS="selfie,maskrcnn").test_client().get("/").get_data(as_text=True)
+    assert 'value="selfie"' in html and 'value="maskrcnn"' in html
