@@ -15,6 +15,12 @@ def _error(description):
     return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}}}
 
 
+REFUSALS = {
+    "403": _error("Missing or invalid X-Api-Key (servers with API keys)."),
+    "429": {**_error("Rate limit exceeded; see Retry-After."), "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+}
+
+
 def _public_paths():
     """The remove.bg drop-in, the account, and /metrics."""
     rate_headers = {
@@ -24,10 +30,6 @@ def _public_paths():
     }
     form = {"image_file": {**BINARY, "description": "The photo."}, "bg_image_file": {**BINARY, "description": "An image to place behind the person."}, **REMOVEBG_PARAMETERS}
     fields = {"type": "object", "properties": REMOVEBG_PARAMETERS}
-    refused = {
-        "403": _error("Missing or invalid X-Api-Key (servers with API keys)."),
-        "429": {**_error("Rate limit exceeded; see Retry-After."), "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
-    }
     return {
         "/v1.0/removebg": {
             "post": {
@@ -65,7 +67,7 @@ def _public_paths():
                     "413": _error("Too large, in bytes or pixels."),
                     "415": _error("Not a supported image."),
                     "422": _error("Undecodable image, or no person found."),
-                    **refused,
+                    **REFUSALS,
                     "503": {**_error("Model unavailable, or busy; see Retry-After."), "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
                 },
             }
@@ -74,7 +76,7 @@ def _public_paths():
             "get": {
                 "summary": "remove.bg's account: no credits; api.free_calls is what is left of the key's rate limit (null without one)",
                 "security": API_KEY,
-                "responses": {"200": {"description": "remove.bg's account shape", "content": {"application/json": {"schema": {"type": "object"}}}}, **refused},
+                "responses": {"200": {"description": "remove.bg's account shape", "content": {"application/json": {"schema": {"type": "object"}}}}, **REFUSALS},
             }
         },
         "/metrics": {
@@ -140,6 +142,7 @@ def openapi_document(engines=None):
                         "413": _error("Too large, in bytes or pixels."),
                         "415": _error("Not a supported image."),
                         "422": _error("Undecodable image, or no person found."),
+                        **REFUSALS,
                         "503": {**_error("Model unavailable, or busy; see Retry-After."), "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
                     },
                 }
