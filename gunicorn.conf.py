@@ -55,6 +55,9 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 # Prometheus counters live in each worker: with several, prometheus-client's multiprocess mode
 # keeps them in files that /metrics adds up (see app/metrics.py). A folder is made when none is set.
 _own_metrics_dir = None
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
+    # prometheus-client takes a set-but-empty variable for multiprocess mode in the current folder.
+    del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _own_metrics_dir = tempfile.mkdtemp(prefix="bgremoval-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir

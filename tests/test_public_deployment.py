@@ -76,7 +76,6 @@ def servers(redis_url, stand_in_checkpoint, tmp_path_factory):
         "BGREMOVAL_MODEL_MIN_SIZE": "128",
         "BGREMOVAL_MODEL_MAX_SIZE": "192",
         "BGREMOVAL_REFINE": "none",
-        "PROMETHEUS_MULTIPROC_DIR": "",
     }
     started = []
     try:
