@@ -63,6 +63,15 @@ if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
 
 
+def on_starting(server):
+    """Start the metrics from zero: a folder kept from an earlier run holds its dead workers' files."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder and os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(folder, name))
+
+
 def child_exit(server, worker):
     """A worker is gone: drop its live gauges (slots in use) from the multiprocess files."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
