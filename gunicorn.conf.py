@@ -3,6 +3,10 @@
 Every value can be overridden with gunicorn's own GUNICORN_CMD_ARGS or the variables below.
 """
 import os
+import shutil
+import tempfile
+
+from uvicorn_worker import UvicornWorker
 
 # PaaS routers connect to $PORT on all interfaces; tests set HOST=127.0.0.1.
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
@@ -16,7 +20,13 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # threads, which keep /healthz, the page and static files answering while an inference runs.
 # The app itself bounds concurrent inferences (BGREMOVAL_MAX_CONCURRENT) and answers 503 when
 # saturated.
-worker_class = "uvicorn_worker.UvicornWorker"
+class QuietUvicornWorker(UvicornWorker):
+    """uvicorn's worker without its ``Server: uvicorn`` header: the stack is nobody's business."""
+
+    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "server_header": False}
+
+
+worker_class = QuietUvicornWorker
 
 # Worst-case inference on one slow CPU is a few seconds; the first request in a process may also
 # load the weights. 120 s leaves room without letting a stuck worker live forever.
@@ -40,6 +50,40 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # Memory: oneDNN caches a compiled kernel per input shape (photos of other aspect ratios give the
 # model other shapes); a small cache bounds that. Read by each worker when torch first runs.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+
+
+# Prometheus counters live in each worker: with several, prometheus-client's multiprocess mode
+# keeps them in files that /metrics adds up (see app/metrics.py). A folder is made when none is set.
+_own_metrics_dir = None
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
+    # prometheus-client takes a set-but-empty variable for multiprocess mode in the current folder.
+    del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _own_metrics_dir = tempfile.mkdtemp(prefix="bgremoval-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
+
+
+def on_starting(server):
+    """Start the metrics from zero: a folder kept from an earlier run holds its dead workers' files."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder and os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(folder, name))
+
+
+def child_exit(server, worker):
+    """A worker is gone: drop its live gauges (slots in use) from the multiprocess files."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder this file made."""
+    if _own_metrics_dir:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)
 
 
 def post_fork(server, worker):

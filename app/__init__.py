@@ -14,7 +14,7 @@ def create_app(test_config=None):
     # not pull in Flask and the web modules.
     from flask import Flask
 
-    from . import api, error_responses, inference, security, telegram, web
+    from . import access, api, cors, error_responses, inference, metrics, removebg, security, telegram, web
     from .config import load_config
     from .uploads import UploadRequest
 
@@ -31,9 +31,13 @@ def create_app(test_config=None):
         MAX_FORM_PARTS=32,
     )
     inference.init_app(app)
+    metrics.init_app(app)
+    access.init_app(app)
+    cors.init_app(app)
     security.init_app(app)
     error_responses.init_app(app)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(removebg.bp)
     telegram.init_app(app)
     return app

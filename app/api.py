@@ -75,7 +75,7 @@ def remove():
 @bp.get("/api/openapi.json")
 def openapi():
     """The OpenAPI 3 description of this API."""
-    return jsonify(openapi_document())
+    return jsonify(openapi_document(engines=inference.get_resource().registry.allowed))
 
 
 @bp.get("/healthz")

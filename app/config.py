@@ -57,6 +57,34 @@ DEFAULTS = {
     "QUEUE_TIMEOUT": 20.0,
     # Load the model at startup instead of on the first request.
     "WARMUP": False,
+    # --- Running it in public (README "Running it in public") ---
+    # API keys, comma-separated; when set every API request needs X-Api-Key with one of them.
+    "API_KEYS": "",
+    # A file with one API key per line (read at start-up), added to API_KEYS.
+    "API_KEYS_FILE": "",
+    # Requests per key (per client address without keys), e.g. "60/minute"; empty = no limit.
+    "RATE_LIMIT": "",
+    # The page's own limit per client address (its form and its script need no key); applied
+    # whenever API_KEYS or RATE_LIMIT is set, so the page is no unmetered way around them.
+    "PAGE_RATE_LIMIT": "10/minute",
+    # Where the counts live: memory:// (one process) or redis://host:port (shared by workers/replicas).
+    "RATE_LIMIT_STORAGE": "memory://",
+    # Proxies in front of the app that append to X-Forwarded-For (a PaaS router: 1); 0 trusts none.
+    "PROXY_HOPS": 0,
+    # Engines a request may choose with model=..., comma-separated; empty = the MODEL engine only.
+    "MODELS": "",
+    # Let the server download missing weights when a request (or WARMUP) first needs them. Off:
+    # weights come from `python -m app download-weights` (the build step); no request ever starts
+    # or retries a download. For development only.
+    "DOWNLOAD_ON_REQUEST": False,
+    # Origins allowed to call the API from browser code on other sites, comma-separated; none by default.
+    "CORS_ORIGINS": "",
+    # GET /metrics in Prometheus text format.
+    "METRICS": True,
+    # image_url / bg_image_url: seconds for the whole download, and "address:port" pairs exempt
+    # from the public-address check (for tests or an internal image host you trust; empty = none).
+    "FETCH_TIMEOUT": 10.0,
+    "FETCH_ALLOWED_ADDRESSES": "",
 }
 
 

@@ -3,6 +3,15 @@
 The core raises these; the web layer maps them to responses in one place (``app.api``), the CLI
 prints them as one line, the bot turns them into a chat reply.
 """
+import re
+
+# An absolute file path (not the path part of a URL): clients get its last component only.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"`:;,()<>]+)+/([^\s/'\"`:;,()<>]+)")
+
+
+def redact_paths(text):
+    """``text`` with absolute paths cut to their file name: what the server's disk looks like is not the client's business."""
+    return _ABSOLUTE_PATH.sub(r"\1", str(text))
 
 
 class BgRemovalError(Exception):
@@ -20,7 +29,7 @@ class BgRemovalError(Exception):
         """The remove.bg-style error object: ``{"code", "title"[, "detail"]}``."""
         error = {"code": self.code, "title": self.title}
         if self.detail:
-            error["detail"] = str(self.detail)
+            error["detail"] = redact_paths(self.detail)
         return error
 
 
@@ -58,3 +67,23 @@ class ModelUnavailable(BgRemovalError):
 
 class Busy(BgRemovalError):
     code, status, title = "busy", 503, "The server is busy; try again in a few seconds."
+
+
+class UrlNotAllowed(BgRemovalError):
+    code, status, title = "url_not_allowed", 400, "The URL is not allowed: only http(s) to a public address."
+
+
+class UrlFetchFailed(BgRemovalError):
+    code, status, title = "url_fetch_failed", 400, "The image could not be downloaded from the URL."
+
+
+class AuthFailed(BgRemovalError):
+    code, status, title = "auth_failed", 403, "Missing or invalid API key (send it in the X-Api-Key header)."
+
+
+class RateLimited(BgRemovalError):
+    code, status, title = "rate_limit_exceeded", 429, "Rate limit exceeded; see Retry-After."
+
+
+class InvalidType(BgRemovalError):
+    code, status, title = "invalid_type", 400, "This server cuts out people: type must be auto or person."

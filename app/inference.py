@@ -8,12 +8,13 @@ seconds gets ``Busy`` (503 with Retry-After) instead of queueing without bound.
 """
 import logging
 import threading
+import time
 from contextlib import contextmanager
 
 from flask import current_app
 
-from .engines import EngineRegistry, weights_status
-from .errors import BgRemovalError, Busy
+from .engines import EngineRegistry, allowed_engines, weights_status
+from .errors import BgRemovalError, Busy, redact_paths
 from .memory import trim_heap
 
 log = logging.getLogger(__name__)
@@ -24,19 +25,28 @@ class InferenceResource:
     """What ``init_app`` keeps on the app: the engine registry and the inference slots."""
 
     def __init__(self, config, factory=None):
-        self.registry = EngineRegistry(config, factory)
+        # Requests choose only among the allowed engines, and never start a weights download.
+        download = bool(config.get("DOWNLOAD_ON_REQUEST"))
+        self.registry = EngineRegistry(config, factory, allowed=allowed_engines(config), download=download)
         self.slots = threading.BoundedSemaphore(max(1, int(config["MAX_CONCURRENT"])))
         self.queue_timeout = float(config["QUEUE_TIMEOUT"])
+        # Observers (metrics): ``slot_taken(seconds_waited)``, ``slot_released()``, ``cutout_done(cutout)``.
+        self.observers = []
 
     @contextmanager
     def slot(self):
         """Hold one inference slot, waiting at most ``queue_timeout`` seconds, else raise Busy."""
+        started = time.perf_counter()
         if not self.slots.acquire(timeout=self.queue_timeout):
             raise Busy(f"all inference slots stayed busy for {self.queue_timeout:g} s")
+        for observer in self.observers:
+            observer.slot_taken(time.perf_counter() - started)
         try:
             yield
         finally:
             self.slots.release()
+            for observer in self.observers:
+                observer.slot_released()
             # A cutout frees tens of MB of image buffers; hand them back so RSS does not creep.
             trim_heap()
 
@@ -68,8 +78,12 @@ def get_engine(name=None):
 
 
 def readiness(app=None):
-    """``(ready, reason)``: the default engine is loaded, or its weights are there to load."""
-    resource = get_resource(app)
+    """``(ready, reason)``: the default engine is loaded, or its weights are there to load (no server paths)."""
+    ready, reason = _readiness(get_resource(app))
+    return ready, redact_paths(reason)
+
+
+def _readiness(resource):
     name = resource.registry.resolve_name()
     if name in resource.registry.loaded():
         return True, f"{name} loaded"

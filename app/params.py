@@ -4,6 +4,8 @@
 From it come: the validation of API, form, bot and CLI input (``parse_options``), the OpenAPI
 parameters (``openapi_parameters``), the CLI's arguments (``add_cli_arguments``) and the page's
 choices (``page_choices``). Adding a parameter is one field here plus its behaviour in the pipeline.
+``RemoveBgParams`` declares remove.bg's parameters for its drop-in route the same way (validation
+by ``parse_removebg``, OpenAPI by ``openapi_parameters(RemoveBgParams)``).
 """
 from dataclasses import dataclass
 from typing import Literal, Optional, get_args, get_origin
@@ -12,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import compose
 from .engines import ENGINES
-from .errors import InvalidParameter
+from .errors import InvalidParameter, InvalidType
 from .refine import REFINE_METHODS
 from .selection import MODES
 
@@ -150,10 +152,10 @@ def _normalise(params):
     return values
 
 
-def _message(error):
+def _message(error, model=CutoutParams):
     """One sentence for a pydantic error, naming the parameter and what it accepts."""
     name = error["loc"][0] if error["loc"] else "parameter"
-    field = CutoutParams.model_fields.get(name)
+    field = model.model_fields.get(name)
     kind = error["type"]
     if isinstance(error.get("ctx", {}).get("error"), InvalidParameter):
         return str(error["ctx"]["error"])
@@ -226,10 +228,10 @@ def _json_type(field):
     return "string"
 
 
-def openapi_parameters():
+def openapi_parameters(model=CutoutParams):
     """``{name: OpenAPI schema}`` for every parameter, in declaration order."""
     schemas = {}
-    for name, field in CutoutParams.model_fields.items():
+    for name, field in model.model_fields.items():
         extra = dict(field.json_schema_extra or {})
         schema = {"type": _json_type(field)}
         if _choices(field):
@@ -290,3 +292,93 @@ def page_defaults(config):
 def page_bounds(name):
     """``(minimum, maximum)`` of a numeric parameter, for the page's input attributes."""
     return _bounds(CutoutParams.model_fields[name])
+
+
+# --- remove.bg's parameters, for POST /v1.0/removebg (app/removebg.py) ---------------------------
+
+# remove.bg's output sizes: the most pixels each allows (0: the photo's own size, up to MAX_PIXELS).
+REMOVEBG_SIZES = {"preview": 250_000, "small": 250_000, "regular": 250_000, "medium": 1_500_000, "hd": 4_000_000, "full": 0, "4k": 0, "50mp": 0, "auto": 0}
+REMOVEBG_TYPES = ("auto", "person")
+REMOVEBG_FORMATS = ("auto", *FORMATS, "zip")
+# Defaults of remove.bg's layout parameters, the only values a person cutout accepts here.
+WHOLE_IMAGE = ("0%", "0%", "100%", "100%")
+
+
+class RemoveBgParams(BaseModel):
+    """remove.bg's request parameters, with its names and meanings (``size`` in megapixels)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    image_url: Optional[str] = Field(None, **_doc("The photo's http(s) URL; only public addresses are fetched."))
+    image_file_b64: Optional[str] = Field(None, **_doc("The photo, base64-encoded (a data: URL too); may be as large as a base64 upload of the byte limit."))
+    size: Literal[tuple(REMOVEBG_SIZES)] = Field(
+        "auto",
+        **_doc("Output size: preview, small, regular (at most 0.25 MP), medium (1.5 MP), hd (4 MP); full, 4k, 50mp and auto keep the photo's size (up to the server's pixel limit)."),
+    )
+    type: Literal[REMOVEBG_TYPES] = Field("auto", **_doc("What to cut out: this server finds people (auto or person); other types are a 400 invalid_type."))
+    format: Literal[REMOVEBG_FORMATS] = Field(
+        "auto", **_doc("auto (PNG, or JPEG over an opaque background), png, jpg, webp, or zip (color.jpg + alpha.png; background options do not apply).")
+    )
+    channels: Literal[CHANNELS] = Field("rgba", **_doc("rgba: the cutout; alpha: the mask only, 8-bit greyscale."))
+    bg_color: Optional[str] = Field(None, **_doc("Background colour as hex (rgb, rrggbb or rrggbbaa), or 'blur'.", pattern=COLOR_PATTERN, example="81d4fa"))
+    bg_image_url: Optional[str] = Field(None, **_doc("A background image's http(s) URL; only public addresses are fetched."))
+    crop: bool = Field(False, **_doc("Crop to the person."))
+    crop_margin: str = Field("0", **_doc("Margin around the crop: pixels (20 or 20px) or a percentage (10%).", pattern=MARGIN_PATTERN, example="10%"))
+    roi: str = Field("0% 0% 100% 100%", **_doc("Region of interest; only the whole image (its default) is supported for people."))
+    scale: str = Field("original", **_doc("Subject scale in the output; only 'original' is supported for people."))
+    position: str = Field("original", **_doc("Subject position in the output; only 'original' is supported for people."))
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _person_only(cls, value):
+        if str(value).strip().lower() not in REMOVEBG_TYPES:
+            raise InvalidType(f"type={value} is not supported; use auto or person")
+        return str(value).strip().lower()
+
+    @field_validator("crop_margin")
+    @classmethod
+    def _margin_parses(cls, value):
+        compose.parse_margin(value, (100, 100))
+        return value
+
+    @field_validator("bg_color")
+    @classmethod
+    def _color_parses(cls, value):
+        if value is not None and value.strip().lower() not in ("transparent", "none", "blur"):
+            compose.parse_color(value)
+        return value
+
+    @field_validator("roi")
+    @classmethod
+    def _whole_image(cls, value):
+        if tuple(value.split()) != WHOLE_IMAGE:
+            raise InvalidParameter("roi other than the whole image (0% 0% 100% 100%) is not supported for person cutouts")
+        return value
+
+    @field_validator("scale", "position")
+    @classmethod
+    def _original(cls, value, info):
+        if value.strip().lower() != "original":
+            raise InvalidParameter(f"{info.field_name} other than 'original' is not supported for person cutouts")
+        return value
+
+
+def parse_removebg(values):
+    """Validate remove.bg's parameters (strings or JSON values) into RemoveBgParams; raise InvalidParameter or InvalidType."""
+    fields = RemoveBgParams.model_fields
+    clean = {}
+    for name, field in fields.items():
+        value = values.get(name)
+        if value is None or value == "":
+            continue
+        if isinstance(value, str):
+            value = value.strip()
+            if _choices(field) or field.annotation is bool:
+                value = value.lower()
+            if name == "format" and value == "jpeg":
+                value = "jpg"
+        clean[name] = value
+    try:
+        return RemoveBgParams.model_validate(clean)
+    except ValidationError as exc:
+        raise InvalidParameter("; ".join(_message(e, RemoveBgParams) for e in exc.errors())) from None

@@ -6,4 +6,7 @@ def run_cutout(resource, data, options, config):
     """Get the engine ``options.model`` names, hold an inference slot and run the pipeline on ``data``."""
     engine = resource.registry.get(options.model)
     with resource.slot():
-        return remove_background(data, engine, options, config)
+        cutout = remove_background(data, engine, options, config)
+    for observer in resource.observers:
+        observer.cutout_done(cutout)
+    return cutout

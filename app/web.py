@@ -18,10 +18,18 @@ def _page_context():
     config = current_app.config
     return {
         "max_mb": config["MAX_UPLOAD_BYTES"] // (1024 * 1024),
-        "choices": page_choices(),
+        "choices": _choices(),
         "defaults": page_defaults(config),
         "max_size_bounds": page_bounds("max_size"),
     }
+
+
+def _choices():
+    # The engine select offers only the engines this server allows (BGREMOVAL_MODELS).
+    allowed = inference.get_resource().registry.allowed
+    choices = page_choices()
+    choices["model"] = [(value, label) for value, label in choices["model"] if value in allowed]
+    return choices
 
 
 @bp.get("/")

@@ -114,7 +114,7 @@ def test_corrupt_cache_file_is_fetched_again(tmp_path, http_server, stand_in_che
     name = f"maskrcnn_x-{sha8(stand_in_checkpoint)}.pth"
     shutil.copyfile(stand_in_checkpoint, root / name)
     cached = corrupt_cache(tmp_path, name)
-    app = make_app(tmp_path, WEIGHTS_URL=f"{base_url}/{name}")
+    app = make_app(tmp_path, WEIGHTS_URL=f"{base_url}/{name}", DOWNLOAD_ON_REQUEST=True)
     response = post_photo(app.test_client())
     assert response.status_code == 200, response.get_data(as_text=True)
     assert sha8(cached) == name.rsplit("-", 1)[1][:8]  # the re-fetched file, hash checked
@@ -129,7 +129,7 @@ def test_corrupt_cache_and_a_bad_download_is_a_503_and_nothing_loads(tmp_path, h
     data = stand_in_checkpoint.read_bytes()
     (root / name).write_bytes(b"wrong bytes " * 1000 if served == "wrong" else data[: len(data) // 3])
     cached = corrupt_cache(tmp_path, name)
-    app = make_app(tmp_path, WEIGHTS_URL=f"{base_url}/{name}")
+    app = make_app(tmp_path, WEIGHTS_URL=f"{base_url}/{name}", DOWNLOAD_ON_REQUEST=True)
     error = assert_503(post_photo(app.test_client()), "downloading", "failed")
     assert "hash" in error["detail"].lower() or "sha256" in error["detail"].lower()
     assert not cached.exists() and not any((tmp_path / "cache").glob("*.pth"))  # the bad bytes were not kept

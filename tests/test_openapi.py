@@ -15,7 +15,7 @@ def test_document_is_served_and_valid(client):
 
     doc = client.get("/api/openapi.json").json
     validate(doc)
-    assert doc == openapi_document()
+    assert doc == openapi_document(engines=("maskrcnn",))  # the engines this server allows
 
 
 def test_every_documented_parameter_is_read_by_the_code():
@@ -45,6 +45,10 @@ def test_every_documented_status_is_produced(app):
     produced.add(
         create_app({"TESTING": True, "ENGINE_FACTORY": unavailable}).test_client().post("/api/remove", data=encode(make_photo(), "JPEG")).status_code
     )
+    # A public server's refusals: no key (403), over the limit (429).
+    produced.add(create_app({"TESTING": True, "API_KEYS": "k"}).test_client().post("/api/remove").status_code)
+    limited = create_app({"TESTING": True, "RATE_LIMIT": "1/hour"}).test_client()
+    produced.update(limited.post("/api/remove").status_code for _ in range(2))
     assert produced == documented
 
 

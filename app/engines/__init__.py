@@ -6,6 +6,8 @@ asks for that engine, so a selfie-only server never pays for torch.
 import importlib
 import os
 import threading
+import time
+from functools import partial
 from pathlib import Path
 
 from ..errors import BgRemovalError, InvalidParameter, ModelUnavailable
@@ -16,8 +18,24 @@ ENGINES = {
 }
 
 
-def build_engine(name, config):
-    """Import the engine's module and build it from ``config`` (this loads its weights)."""
+def allowed_engines(config):
+    """The engines requests may choose: ``MODELS`` (comma-separated), else the ``MODEL`` engine only.
+
+    ValueError (a start-up error, not a 400 per request) for an unknown name or a default engine
+    outside the list.
+    """
+    default = (config.get("MODEL") or "maskrcnn").strip().lower()
+    allowed = tuple(dict.fromkeys(n.strip().lower() for n in str(config.get("MODELS") or "").split(",") if n.strip())) or (default,)
+    unknown = [n for n in allowed if n not in ENGINES]
+    if unknown or default not in ENGINES:
+        raise ValueError(f"unknown engine {', '.join(unknown) or default}; engines are {', '.join(ENGINES)}")
+    if default not in allowed:
+        raise ValueError(f"BGREMOVAL_MODEL={default} is not in BGREMOVAL_MODELS={','.join(allowed)}")
+    return allowed
+
+
+def build_engine(name, config, download=True):
+    """Import the engine's module and build it from ``config`` (this loads its weights, fetching them if ``download``)."""
     if name not in ENGINES:
         raise InvalidParameter(f"model must be one of {', '.join(ENGINES)}")
     try:
@@ -25,7 +43,7 @@ def build_engine(name, config):
     except ImportError as exc:
         # A selfie-only install (requirements-selfie.txt) has no torch: say so, as a 503.
         raise ModelUnavailable(f"the {name} engine is not installed here ({exc.name or exc}); pip install -r requirements.txt") from exc
-    return module.build_engine(config)
+    return module.build_engine(config, download=download)
 
 
 def weights_status(name, config):
@@ -49,12 +67,18 @@ class EngineRegistry:
 
     ``factory(name, config)`` builds an engine; tests hand in one that returns a random-weight or
     fake engine. A failed build is not cached, so weights that appear later are picked up.
+    ``allowed`` (a server's ``allowed_engines``) is checked before anything is built; with
+    ``download`` false an engine is only ever built from weights already on disk, so no request
+    starts (or retries) a download.
     """
 
-    def __init__(self, config, factory=None):
+    def __init__(self, config, factory=None, allowed=None, download=True):
         self.config = config
+        self.allowed = tuple(allowed) if allowed is not None else tuple(ENGINES)
         self.injected = factory is not None
-        self.factory = factory or build_engine
+        self.factory = factory or partial(build_engine, download=download)
+        # Seconds each engine took to build, for metrics.
+        self.load_seconds = {}
         self._engines = {}
         self._lock = threading.Lock()
         # The last build error per engine name, for /readyz (cleared by a later success).
@@ -63,8 +87,8 @@ class EngineRegistry:
     def resolve_name(self, name=None):
         """The engine name to use: ``name`` or the configured default, validated."""
         name = (name or self.config.get("MODEL") or "maskrcnn").lower()
-        if name not in ENGINES:
-            raise InvalidParameter(f"model must be one of {', '.join(ENGINES)}")
+        if name not in self.allowed:
+            raise InvalidParameter(f"model must be one of {', '.join(self.allowed)} on this server")
         return name
 
     def get(self, name=None):
@@ -76,12 +100,14 @@ class EngineRegistry:
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
+                started = time.perf_counter()
                 try:
                     engine = self.factory(name, self.config)
                 except BgRemovalError as exc:
                     self.failures[name] = str(exc)
                     raise
                 self._engines[name] = engine
+                self.load_seconds[name] = time.perf_counter() - started
                 self.failures.pop(name, None)
         return engine
 
