@@ -9,9 +9,10 @@ import os
 import socket
 import time
 
+from ..engines import EngineRegistry
 from ..errors import BgRemovalError
-from ..inference import InferenceResource
-from ..service import run_cutout
+from ..memory import trim_heap
+from ..pipeline import remove_background
 from .listing import PARTIAL_SUFFIX, open_tree, output_name
 from .manifest import make_row
 
@@ -26,12 +27,12 @@ class CutoutWorker:
         self.config = config
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        # The service layer's engine registry and slot, as the API, the page and the bot use them;
-        # the engine is built here, once per actor, not on the first photo.
-        self.resource = InferenceResource(config)
-        self.engine_error = None
+        # The engine as `remove` builds it (any installed engine; weights fetched if missing), not
+        # through the server's inference resource, whose allowlist and no-download rule are for
+        # requests. Built here, once per actor, not on the first photo.
+        self.engine, self.engine_error = None, None
         try:
-            self.resource.registry.get(options.model)
+            self.engine = EngineRegistry(config).get(options.model)
         except BgRemovalError as exc:
             # Reported on every row (code model_unavailable…), so the driver can stop and say why.
             self.engine_error = exc
@@ -53,12 +54,14 @@ class CutoutWorker:
                 raise self.engine_error
             with self.source.filesystem.open_input_stream(self.source.path(relative)) as stream:
                 data = stream.readall()
-            cutout = run_cutout(self.resource, data, self.options, self.config)  # frees its memory after
+            cutout = remove_background(data, self.engine, self.options, self.config)
             self._write(output, cutout.data)
         except BgRemovalError as exc:
             status, code, message = "error", exc.code, str(exc)
         except OSError as exc:  # unreadable input, unwritable output
             status, code, message = "error", "io_error", str(exc)
+        finally:
+            trim_heap()  # a long-lived actor hands each photo's buffers back
         return make_row(relative, status, output, code, message, seconds=time.perf_counter() - started,
                         cpu_seconds=time.process_time() - cpu_started, host=self.host, pid=self.pid)
 
