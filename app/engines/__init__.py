@@ -4,6 +4,7 @@
 asks for that engine, so a selfie-only server never pays for torch.
 """
 import importlib
+import importlib.util
 import os
 import threading
 import time
@@ -46,6 +47,39 @@ def build_engine(name, config, download=True):
     return module.build_engine(config, download=download)
 
 
+# The package each engine imports, to tell "not installed" apart from "no weights" without importing it.
+RUNTIMES = {"maskrcnn": "torch", "selfie": "ai_edge_litert"}
+
+
+def engine_status(name, config):
+    """``(available, reason)``: the engine's runtime is installed and its weights are on disk."""
+    if importlib.util.find_spec(RUNTIMES[name]) is None:
+        return False, f"the {name} engine is not installed here ({RUNTIMES[name]} is missing); pip install -r requirements.txt"
+    return weights_status(name, config)
+
+
+def default_engine(config, allowed=None):
+    """``(name, note)``: the configured engine, or selfie when Mask R-CNN's weights are missing and selfie's are there.
+
+    Every entry point (``make run``, ``flask run``, the Procfile, the CLI) decides this once at
+    start from what is on disk, so the first request behaves like every later one. ``note`` says
+    why the fallback happened (None without one). An explicit ``MODELS`` list without selfie
+    means no fallback.
+    """
+    name = (config.get("MODEL") or "maskrcnn").lower()
+    if name != "maskrcnn" or config.get("WEIGHTS"):
+        return name, None
+    if config.get("MODELS") and allowed is not None and "selfie" not in allowed:
+        return name, None
+    available, reason = engine_status("maskrcnn", config)
+    if available or not engine_status("selfie", config)[0]:
+        return name, None
+    return "selfie", (
+        f"Mask R-CNN is not available ({reason}): using the selfie engine. "
+        "Fetch its weights with `python -m app download-weights --model maskrcnn` and restart to use it."
+    )
+
+
 def weights_status(name, config):
     """``(available, reason)`` for an engine's weights, checked on disk without importing the engine."""
     if name == "maskrcnn":
@@ -81,12 +115,17 @@ class EngineRegistry:
         self.load_seconds = {}
         self._engines = {}
         self._lock = threading.Lock()
+        # Chosen once, at start: an injected factory (tests) gets the configured name as is.
+        self.default, self.fallback = (config.get("MODEL") or "maskrcnn", None) if self.injected else default_engine(config, self.allowed)
+        if self.default not in self.allowed:
+            # No BGREMOVAL_MODELS list (only the configured engine allowed): the fallback joins it.
+            self.allowed += (self.default,)
         # The last build error per engine name, for /readyz (cleared by a later success).
         self.failures = {}
 
     def resolve_name(self, name=None):
         """The engine name to use: ``name`` or the configured default, validated."""
-        name = (name or self.config.get("MODEL") or "maskrcnn").lower()
+        name = (name or self.default).lower()
         if name not in self.allowed:
             raise InvalidParameter(f"model must be one of {', '.join(self.allowed)} on this server")
         return name
