@@ -98,7 +98,10 @@ def cmd_remove(args, config):
         return 2
     try:
         options = cutout_options(args, config)
-        engine = EngineRegistry(config).get(options.model)
+        registry = EngineRegistry(config)
+        if registry.fallback and not options.model:
+            print(f"note: {registry.fallback}", file=sys.stderr)
+        engine = registry.get(options.model)
     except ModelUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from app.cli import main
-from conftest import encode, make_photo
+from conftest import SHARED, encode, make_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,3 +107,25 @@ def test_refine_command(tmp_path):
     assert main(["refine", str(photo), str(tmp_path / "m.png"), "-o", str(tmp_path / "alpha.png")]) == 0
     out = Image.open(tmp_path / "alpha.png")
     assert out.mode == "L" and out.size == (320, 240)
+
+
+MODELS = SHARED / "models"
+PORTRAIT = SHARED / "data" / "human_seg_dev" / "images" / "151.jpg"
+
+
+@pytest.mark.skipif(not (MODELS / "selfie_segmentation.tflite").is_file() or not PORTRAIT.is_file(), reason=f"needs the shared selfie models and photos in {SHARED}")
+def test_remove_falls_back_to_selfie_like_the_server_when_mask_rcnn_weights_are_missing(tmp_path):
+    """Issue 16 item 15: the CLI picks the same engine as make run, flask run and the Procfile."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    photo = tmp_path / "portrait.jpg"
+    photo.write_bytes(PORTRAIT.read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BGREMOVAL_")}
+    env.update(BGREMOVAL_WEIGHTS_DIR=str(tmp_path / "empty"), BGREMOVAL_WEIGHTS_URL=f"http://127.0.0.1:{port}/maskrcnn-abcdef12.pth",
+               BGREMOVAL_SELFIE_WEIGHTS=str(MODELS))
+    result = subprocess.run([sys.executable, "-m", "app", "remove", str(photo)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "using the selfie engine" in result.stderr and "download-weights --model maskrcnn" in result.stderr
+    assert Image.open(tmp_path / "portrait_bgr.png").mode == "RGBA"

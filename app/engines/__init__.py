@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ..errors import BgRemovalError, InvalidParameter, ModelUnavailable
 
+from . import checkpoint_file
+
 ENGINES = {
     "maskrcnn": "app.engines.maskrcnn",
     "selfie": "app.engines.selfie",
@@ -85,12 +87,14 @@ def weights_status(name, config):
     if name == "maskrcnn":
         explicit = config.get("WEIGHTS")
         if explicit:
-            if Path(explicit).is_file():
-                return True, f"weights at {explicit}"
-            return False, f"BGREMOVAL_WEIGHTS={explicit}: no such file"
+            if not Path(explicit).is_file():
+                return False, f"BGREMOVAL_WEIGHTS={explicit}: no such file"
+            why = checkpoint_file.problem(explicit)
+            return (False, checkpoint_file.corrupt_message(explicit, why, explicit=True)) if why else (True, f"weights at {explicit}")
         cached = Path(config["WEIGHTS_DIR"]) / os.path.basename(config["WEIGHTS_URL"].split("?")[0])
         if cached.is_file():
-            return True, f"weights at {cached}"
+            why = checkpoint_file.problem(cached, expect_hash_in_name=True)
+            return (False, checkpoint_file.corrupt_message(cached, why, explicit=False)) if why else (True, f"weights at {cached}")
         return False, f"no Mask R-CNN weights at {cached}; run `python -m app download-weights`"
     module = importlib.import_module(ENGINES[name])
     return module.weights_status(config)
