@@ -28,11 +28,9 @@
   fileInput.required = false;
 
   var MESSAGES = {
-    file_too_large: "That image is too large. Try a smaller photo.",
     unsupported_format: "That file is not an image we can read (JPEG, PNG, WEBP, GIF, BMP or TIFF).",
-    invalid_image: "That image could not be read: it may be truncated or corrupt.",
     no_person_found: "No person was found in this photo. Try a photo where a person is clearly visible.",
-    model_unavailable: "This engine is not available on this server.",
+    model_unavailable: "This engine is not available on this server.",  // the detail says what is missing
     busy: "The server is busy. Please try again in a few seconds.",
     missing_file: "Choose a photo first.",
     empty_file: "That file is empty."
@@ -142,9 +140,9 @@
       pending = null;
       done();
       if (xhr.status === 200) { showResult(xhr, file); return; }
-      if (xhr.status === 413) { showError(MESSAGES.file_too_large); return; }
       xhr.response.text().then(function (text) {
-        var message = "Something went wrong (HTTP " + xhr.status + ").";
+        // A proxy in front may refuse a large upload with its own (non-JSON) 413 page.
+        var message = xhr.status === 413 ? "That image is too large. Try a smaller photo." : "Something went wrong (HTTP " + xhr.status + ").";
         try {
           message = errorMessage(JSON.parse(text).errors[0], xhr.status);
         } catch (ignored) { /* not JSON */ }
