@@ -53,19 +53,19 @@ def test_the_app_falls_back_to_selfie_at_start_when_mask_rcnn_weights_are_missin
     if PORTRAIT.is_file():
         response = post_photo(client, PORTRAIT.read_bytes())
         assert response.status_code == 200, response.get_data(as_text=True)
-    from app import model
+    from app import inference
 
-    assert model.get_resource(app).registry.loaded() in ([], ["selfie"])  # Mask R-CNN was never tried
+    assert inference.get_resource(app).registry.loaded() in ([], ["selfie"])  # Mask R-CNN was never tried
 
 
 @needs_selfie
 def test_an_explicit_weights_file_or_a_present_cache_keeps_mask_rcnn(tmp_path, stand_in_checkpoint):
-    from app import model
+    from app import inference
 
     app = make_app(tmp_path, SELFIE_WEIGHTS=str(MODELS), WEIGHTS=str(stand_in_checkpoint))
-    assert model.get_resource(app).registry.default == "maskrcnn"
+    assert inference.get_resource(app).registry.default == "maskrcnn"
     app = make_app(tmp_path, SELFIE_WEIGHTS=str(MODELS), MODEL="selfie")
-    assert model.get_resource(app).registry.default == "selfie" and model.get_resource(app).registry.fallback is None
+    assert inference.get_resource(app).registry.default == "selfie" and inference.get_resource(app).registry.fallback is None
 
 
 def test_without_either_engine_the_default_stays_and_says_what_is_missing(tmp_path):
