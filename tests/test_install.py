@@ -86,3 +86,13 @@ def test_python_m_app_without_the_dependencies_says_how_to_run_it(tmp_path):
     result = subprocess.run([sys.executable, "-S", "-m", "app", "remove", "photo.jpg"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "is not installed for" in result.stderr and ".venv/bin/python -m app" in result.stderr and "make install" in result.stderr
+
+
+def test_readme_compares_the_engines_time_like_with_like():
+    """Issue 16 item 19: both engines' time measured the same way (end to end, same photo, same script)."""
+    readme = (ROOT / "README.md").read_text()
+    engines = readme[readme.index("## Engines") : readme.index("## Edge refinement")]
+    row = next(line for line in engines.splitlines() if line.startswith("| time per"))
+    maskrcnn, selfie = [cell.strip() for cell in row.strip("|").split("|")][1:3]
+    assert "end to end" in maskrcnn and "end to end" in selfie
+    assert "bench/engine_speed.py" in engines and (ROOT / "bench" / "engine_speed.py").is_file()
