@@ -236,7 +236,7 @@ def test_procfile_falls_back_to_selfie_and_the_page_marks_mask_rcnn(selfie_fallb
     page.goto(selfie_fallback_server + "/")
     assert page.eval_on_selector("#model", "s => s.value") == "selfie"
     option = page.locator("#model option[value=maskrcnn]")
-    assert option.is_disabled() and "not installed on this server" in option.inner_text()
+    assert option.is_disabled() and "(not available here)" in option.inner_text()
     assert "download-weights" in option.get_attribute("title")
     # A page loaded before the weights went missing still offers it: the answer names what is
     # missing and the operator's fix, not "try again later".
