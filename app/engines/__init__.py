@@ -12,7 +12,6 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import BgRemovalError, InvalidParameter, ModelUnavailable
-
 from . import checkpoint_file
 
 ENGINES = {
