@@ -12,6 +12,7 @@ PORT ?= 8000
 $(VENV)/.installed: requirements.txt requirements-selfie.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) tools/install_torch.py
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
@@ -30,16 +31,16 @@ browser:
 	  else echo "note: /usr/bin/chromium is missing; run 'sudo apt-get install -y chromium' or the browser test is skipped"; fi; \
 	fi
 
-# Fetch the weights (selfie from PyPI's mediapipe wheel, Mask R-CNN from download.pytorch.org);
-# without the Mask R-CNN weights (offline, say) the app starts with the selfie engine and says so.
+# Fetch the weights (selfie from PyPI's mediapipe wheel, Mask R-CNN from download.pytorch.org).
+# Without the Mask R-CNN weights (offline, say) the app itself starts with the selfie engine and
+# says so, exactly as `flask run`, the Procfile and the CLI do. HOST=0.0.0.0 serves other machines.
 run: install
 	@$(PY) -m app download-weights --model selfie >/dev/null || true
-	@model=$${BGREMOVAL_MODEL:-maskrcnn}; \
-	if [ "$$model" = maskrcnn ] && [ -z "$$BGREMOVAL_WEIGHTS" ] && ! $(PY) -m app download-weights --model maskrcnn; then \
-	  echo "Mask R-CNN weights are not available: starting with the selfie engine (BGREMOVAL_MODEL=selfie)."; model=selfie; \
-	fi; \
-	echo "Serving on http://$(HOST):$(PORT)"; \
-	BGREMOVAL_MODEL=$$model HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py asgi:app
+	@if [ "$${BGREMOVAL_MODEL:-maskrcnn}" = maskrcnn ] && [ -z "$$BGREMOVAL_WEIGHTS" ]; then \
+	  $(PY) -m app download-weights --model maskrcnn || echo "(the app will start with the selfie engine if its weights are there)"; \
+	fi
+	@echo "Serving on http://$(HOST):$(PORT)$(if $(filter 127.0.0.1 localhost,$(HOST)), (this machine only: make run HOST=0.0.0.0 serves other machines),)"
+	@HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py asgi:app
 
 test: install-dev browser
 	$(VENV)/bin/ruff check .

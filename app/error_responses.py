@@ -6,7 +6,7 @@ other route, the API's included, gets the JSON errors list from here.
 from flask import jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .errors import BgRemovalError, ImageTooLarge
+from .errors import BgRemovalError, FormTooLarge, ImageTooLarge
 
 
 def error_response(error):
@@ -24,10 +24,8 @@ def too_large_error(config):
     length = request.content_length
     if request.mimetype == "multipart/form-data" and length is not None and length <= limit:
         # Under the byte limit, so Werkzeug refused the form's shape, not its size.
-        detail = f"the form has more than {config['MAX_FORM_PARTS']} parts or a text field over {config['MAX_FORM_MEMORY_SIZE'] // 1024} KB"
-    else:
-        detail = f"uploads are limited to {limit / 2**20:.3g} MB"
-    return ImageTooLarge(detail)
+        return FormTooLarge(f"the form has more than {config['MAX_FORM_PARTS']} parts or a text field over {config['MAX_FORM_MEMORY_SIZE'] // 1024} KB")
+    return ImageTooLarge(f"uploads are limited to {limit / 2**20:.3g} MB")
 
 
 def init_app(app):

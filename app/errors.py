@@ -49,12 +49,24 @@ class ImageTooLarge(BgRemovalError):
     code, status, title = "file_too_large", 413, "The image is too large."
 
 
+class FormTooLarge(ImageTooLarge):
+    """Too many multipart parts or a text field over the limit: the form, not the image (same code)."""
+
+    title = "The form has too many fields, or a field is too long."
+
+
 class UnsupportedImage(BgRemovalError):
     code, status, title = "unsupported_format", 415, "The file is not a supported image (JPEG, PNG, WEBP, GIF, BMP, TIFF)."
 
 
 class InvalidImage(BgRemovalError):
     code, status, title = "invalid_image", 422, "The image could not be decoded (it may be truncated or corrupt)."
+
+
+class ImageTooSmall(InvalidImage):
+    """Decoded fine, but too small to find a person in (same code as an undecodable image)."""
+
+    title = "The image is too small."
 
 
 class NoPersonFound(BgRemovalError):

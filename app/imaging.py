@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .cpu import available_cpus
-from .errors import EmptyUpload, ImageTooLarge, InvalidImage, UnsupportedImage
+from .errors import EmptyUpload, ImageTooLarge, ImageTooSmall, InvalidImage, UnsupportedImage
 
 # Formats we decode (Pillow format names). Anything else is refused before decoding.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
@@ -174,7 +174,7 @@ def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS, min_side=
     except MemoryError as exc:
         raise ImageTooLarge("the image is too large to decode") from exc
     if min(rgb.size) < min_side:
-        raise InvalidImage(f"the image is {rgb.size[0]}×{rgb.size[1]} pixels; each side needs at least {min_side}")
+        raise ImageTooSmall(f"the image is {rgb.size[0]}×{rgb.size[1]} pixels; each side needs at least {min_side}")
     rgb.info = {}
     return DecodedImage(image=rgb, alpha=alpha, format=fmt, original_size=original_size, reduced=reduced)
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from flask import current_app
 
-from .engines import EngineRegistry, allowed_engines, weights_status
+from .engines import EngineRegistry, allowed_engines, engine_status
 from .errors import BgRemovalError, Busy, redact_paths
 from .memory import trim_heap
 
@@ -55,6 +55,8 @@ def init_app(app):
     """Attach the model resource to ``app``; start loading it in the background when WARMUP is set."""
     resource = InferenceResource(app.config, app.config.get("ENGINE_FACTORY"))
     app.extensions[EXTENSION] = resource
+    if resource.registry.fallback:
+        log.warning("%s", resource.registry.fallback)
     if app.config.get("WARMUP"):
         # In a thread, so the worker answers /healthz at once while the weights load.
         threading.Thread(target=_warm_up, args=(resource,), name="warm-up", daemon=True).start()
@@ -77,18 +79,37 @@ def get_engine(name=None):
     return get_resource().registry.get(name)
 
 
+def engine_availability(app=None):
+    """``{name: (available, reason)}`` for every allowed engine, for the page to mark the ones it cannot use (no server paths)."""
+    registry = get_resource(app).registry
+    status = {}
+    for name in registry.allowed:
+        if registry.injected or name in registry.loaded():
+            status[name] = (True, f"{name} loaded")
+        elif name in registry.failures:
+            status[name] = (False, redact_paths(registry.failures[name]))
+        else:
+            available, reason = engine_status(name, registry.config)
+            status[name] = (available, redact_paths(reason))
+    return status
+
+
 def readiness(app=None):
     """``(ready, reason)``: the default engine is loaded, or its weights are there to load (no server paths)."""
-    ready, reason = _readiness(get_resource(app))
+    ready, reason = _readiness(get_resource(app).registry)
     return ready, redact_paths(reason)
 
 
-def _readiness(resource):
-    name = resource.registry.resolve_name()
-    if name in resource.registry.loaded():
-        return True, f"{name} loaded"
-    if name in resource.registry.failures:
-        return False, resource.registry.failures[name]
-    if resource.registry.injected:
-        return True, f"{name} injected"
-    return weights_status(name, resource.registry.config)
+def _readiness(registry):
+    name = registry.resolve_name()
+    if name in registry.loaded():
+        ready, reason = True, f"{name} loaded"
+    elif name in registry.failures:
+        ready, reason = False, registry.failures[name]
+    elif registry.injected:
+        ready, reason = True, f"{name} injected"
+    else:
+        ready, reason = engine_status(name, registry.config)
+    if registry.fallback:
+        reason = f"{reason} ({registry.fallback})"
+    return ready, reason

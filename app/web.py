@@ -19,8 +19,9 @@ def _page_context():
     return {
         "max_mb": config["MAX_UPLOAD_BYTES"] // (1024 * 1024),
         "choices": _choices(),
-        "defaults": page_defaults(config),
+        "defaults": {**page_defaults(config), "model": inference.get_resource().registry.default},
         "max_size_bounds": page_bounds("max_size"),
+        "engines": inference.engine_availability(),
     }
 
 

@@ -91,3 +91,25 @@ def test_fit_within():
     assert fit_within((4000, 3000), 1000) == (1000, 750)
     assert fit_within((400, 300), 1000) == (400, 300)
     assert fit_within((400, 300), 0) == (400, 300)
+
+
+def test_blur_keeps_the_subjects_colours_out_of_the_background():
+    """Issue 16 item 18: a bright subject on a dark background leaves no bright halo around it."""
+    rng = np.random.default_rng(0)
+    size = 400
+    yy, xx = np.mgrid[0:size, 0:size]
+    background = np.clip(40 + 20 * xx / size + rng.normal(0, 6, (size, size)), 0, 255)
+    subject = (xx - 200) ** 2 + (yy - 200) ** 2 <= 90**2
+    pixels = np.where(subject, 250.0, background)
+    img = Image.fromarray(np.repeat(pixels[..., None], 3, axis=2).astype(np.uint8), "RGB")
+    out = np.asarray(composite(img, subject.astype(np.float32), "blur"))[..., 0].astype(float)
+    # The photo without the subject, blurred the same way: what the background should look like.
+    clean = Image.fromarray(np.repeat(background[..., None], 3, axis=2).astype(np.uint8), "RGB")
+    reference = np.asarray(composite(clean, np.zeros((size, size), np.float32), "blur"))[..., 0].astype(float)
+    distance = np.hypot(xx - 200, yy - 200)
+    ring = (distance > 92) & (distance < 110)  # the background just outside the subject
+    halo = out[ring] - reference[ring]
+    assert halo.mean() < 2 and halo.max() < 8, (halo.mean(), halo.max())  # a plain blur of the photo: ~+50 on average
+    step = lambda a: np.abs(np.diff(a, axis=1))[ring[:, 1:]].mean()  # noqa: E731 (pixel-to-pixel change)
+    assert step(out) < step(background) / 3  # still blurred: the noise is smoothed away
+    assert (out[subject] == 250).all()  # the subject itself is untouched

@@ -63,3 +63,20 @@ def test_reflected_input_is_escaped(client, photo_jpeg):
 def test_static_assets_are_served(client):
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/style.css").status_code == 200
+
+
+def test_error_titles_fit_the_case(client):
+    """Issue 16 item 17: a tiny image is "too small", not "could not be decoded"; a huge form is not "image too large"."""
+    buf = io.BytesIO()
+    Image.new("RGB", (10, 10), (200, 100, 50)).save(buf, "PNG")
+    response = client.post("/api/remove", data={"file": (io.BytesIO(buf.getvalue()), "tiny.png")}, content_type="multipart/form-data")
+    error = response.get_json()["errors"][0]
+    assert response.status_code == 422 and error["code"] == "invalid_image"
+    assert error["title"] == "The image is too small." and "10×10" in error["detail"]
+    page = client.post("/", data={"file": (io.BytesIO(buf.getvalue()), "tiny.png")}, content_type="multipart/form-data")
+    assert page.status_code == 422 and "The image is too small." in page.get_data(as_text=True)
+    fields = {f"field{i}": "x" for i in range(40)}
+    response = client.post("/api/remove", data={"file": (io.BytesIO(buf.getvalue()), "tiny.png"), **fields}, content_type="multipart/form-data")
+    error = response.get_json()["errors"][0]
+    assert response.status_code == 413 and error["code"] == "file_too_large"
+    assert "too many fields" in error["title"] and "image" not in error["title"].lower()

@@ -4,6 +4,7 @@
 asks for that engine, so a selfie-only server never pays for torch.
 """
 import importlib
+import importlib.util
 import os
 import threading
 import time
@@ -11,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import BgRemovalError, InvalidParameter, ModelUnavailable
+from . import checkpoint_file
 
 ENGINES = {
     "maskrcnn": "app.engines.maskrcnn",
@@ -46,17 +48,52 @@ def build_engine(name, config, download=True):
     return module.build_engine(config, download=download)
 
 
+# The package each engine imports, to tell "not installed" apart from "no weights" without importing it.
+RUNTIMES = {"maskrcnn": "torch", "selfie": "ai_edge_litert"}
+
+
+def engine_status(name, config):
+    """``(available, reason)``: the engine's runtime is installed and its weights are on disk."""
+    if importlib.util.find_spec(RUNTIMES[name]) is None:
+        return False, f"the {name} engine is not installed here ({RUNTIMES[name]} is missing); pip install -r requirements.txt"
+    return weights_status(name, config)
+
+
+def default_engine(config, allowed=None):
+    """``(name, note)``: the configured engine, or selfie when Mask R-CNN's weights are missing and selfie's are there.
+
+    Every entry point (``make run``, ``flask run``, the Procfile, the CLI) decides this once at
+    start from what is on disk, so the first request behaves like every later one. ``note`` says
+    why the fallback happened (None without one). An explicit ``MODELS`` list without selfie
+    means no fallback.
+    """
+    name = (config.get("MODEL") or "maskrcnn").lower()
+    if name != "maskrcnn" or config.get("WEIGHTS"):
+        return name, None
+    if config.get("MODELS") and allowed is not None and "selfie" not in allowed:
+        return name, None
+    available, reason = engine_status("maskrcnn", config)
+    if available or not engine_status("selfie", config)[0]:
+        return name, None
+    return "selfie", (
+        f"Mask R-CNN is not available ({reason}): using the selfie engine. "
+        "Fetch its weights with `python -m app download-weights --model maskrcnn` and restart to use it."
+    )
+
+
 def weights_status(name, config):
     """``(available, reason)`` for an engine's weights, checked on disk without importing the engine."""
     if name == "maskrcnn":
         explicit = config.get("WEIGHTS")
         if explicit:
-            if Path(explicit).is_file():
-                return True, f"weights at {explicit}"
-            return False, f"BGREMOVAL_WEIGHTS={explicit}: no such file"
+            if not Path(explicit).is_file():
+                return False, f"BGREMOVAL_WEIGHTS={explicit}: no such file"
+            why = checkpoint_file.problem(explicit)
+            return (False, checkpoint_file.corrupt_message(explicit, why, explicit=True)) if why else (True, f"weights at {explicit}")
         cached = Path(config["WEIGHTS_DIR"]) / os.path.basename(config["WEIGHTS_URL"].split("?")[0])
         if cached.is_file():
-            return True, f"weights at {cached}"
+            why = checkpoint_file.problem(cached, expect_hash_in_name=True)
+            return (False, checkpoint_file.corrupt_message(cached, why, explicit=False)) if why else (True, f"weights at {cached}")
         return False, f"no Mask R-CNN weights at {cached}; run `python -m app download-weights`"
     module = importlib.import_module(ENGINES[name])
     return module.weights_status(config)
@@ -81,12 +118,17 @@ class EngineRegistry:
         self.load_seconds = {}
         self._engines = {}
         self._lock = threading.Lock()
+        # Chosen once, at start: an injected factory (tests) gets the configured name as is.
+        self.default, self.fallback = (config.get("MODEL") or "maskrcnn", None) if self.injected else default_engine(config, self.allowed)
+        if self.default not in self.allowed:
+            # No BGREMOVAL_MODELS list (only the configured engine allowed): the fallback joins it.
+            self.allowed += (self.default,)
         # The last build error per engine name, for /readyz (cleared by a later success).
         self.failures = {}
 
     def resolve_name(self, name=None):
         """The engine name to use: ``name`` or the configured default, validated."""
-        name = (name or self.config.get("MODEL") or "maskrcnn").lower()
+        name = (name or self.default).lower()
         if name not in self.allowed:
             raise InvalidParameter(f"model must be one of {', '.join(self.allowed)} on this server")
         return name

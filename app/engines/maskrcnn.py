@@ -32,6 +32,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from ..download import sha256_of
 from ..errors import ModelUnavailable
+from . import checkpoint_file
 from .base import Engine, PersonCandidates
 from ..cpu import available_cpus, cpu_has_native_bf16
 
@@ -99,6 +100,11 @@ def _full_state_dict(checkpoint):
     ):
         return checkpoint
     return None
+
+
+def _why(exc):
+    """torch.load's error in a few words: its first sentence, without its advice on unsafe load options."""
+    return f"torch.load failed: {str(exc).split('. ')[0].strip()}"
 
 
 def _load_file(path):
@@ -175,7 +181,7 @@ def load_base_state_dict(config, download=True):
     try:
         return _load_file(path)
     except LOAD_ERRORS as exc:
-        raise ModelUnavailable(f"cached weights {path} could not be read: {exc}") from exc
+        raise ModelUnavailable(checkpoint_file.corrupt_message(path, _why(exc), explicit=False)) from exc
 
 
 def load_model(config, download=True):
@@ -185,10 +191,13 @@ def load_model(config, download=True):
     if path:
         if not Path(path).is_file():
             raise ModelUnavailable(f"BGREMOVAL_WEIGHTS={path}: no such file")
+        why = checkpoint_file.problem(path)
+        if why:
+            raise ModelUnavailable(checkpoint_file.corrupt_message(path, why, explicit=True))
         try:
             checkpoint = _load_file(path)
         except LOAD_ERRORS as exc:
-            raise ModelUnavailable(f"BGREMOVAL_WEIGHTS={path} could not be read as a torch checkpoint: {exc}") from exc
+            raise ModelUnavailable(checkpoint_file.corrupt_message(path, _why(exc), explicit=True)) from exc
         if is_head_checkpoint(checkpoint):
             base = load_base_state_dict(config, download=download)
             model = build_model(91, **kwargs)
