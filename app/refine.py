@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from . import components
 from .errors import InvalidParameter
 
 # "guided" first: the default, because it measured best (bench/quality.py on human_seg_dev: the
@@ -278,39 +279,9 @@ def refine_alpha(image, coarse, method=DEFAULT_METHOD):
 
 
 def _label(mask, diagonal):
-    """Connected components of a 2-D bool array: ``(labels, sizes)``; labels are -1 off the mask.
-
-    Vectorised union-find (hook every edge's larger root onto the smaller one, then jump pointers
-    until flat), so it takes a handful of numpy passes instead of a per-pixel Python loop.
-    """
-    h, w = mask.shape
-    index = np.arange(h * w).reshape(h, w)
-    pairs = [
-        (mask[:, :-1] & mask[:, 1:], index[:, :-1], index[:, 1:]),
-        (mask[:-1] & mask[1:], index[:-1], index[1:]),
-    ]
-    if diagonal:
-        pairs.append((mask[:-1, :-1] & mask[1:, 1:], index[:-1, :-1], index[1:, 1:]))
-        pairs.append((mask[:-1, 1:] & mask[1:, :-1], index[:-1, 1:], index[1:, :-1]))
-    u = np.concatenate([a[m] for m, a, _ in pairs])
-    v = np.concatenate([b[m] for m, _, b in pairs])
-    parent = np.arange(h * w)
-    while u.size:
-        ru, rv = parent[u], parent[v]
-        keep = ru != rv
-        u, v, ru, rv = u[keep], v[keep], ru[keep], rv[keep]
-        if not u.size:
-            break
-        np.minimum.at(parent, np.maximum(ru, rv), np.minimum(ru, rv))
-        while True:
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-    # Each component is labelled by its root (its smallest flat index); sizes are indexed alike.
-    flat = mask.ravel()
-    labels = np.where(flat, parent, -1)
-    return labels.reshape(h, w), np.bincount(parent[flat], minlength=h * w)
+    """Components of a 2-D bool array: ``(labels, sizes)``; labels 0..n-1 on the mask, -1 off it."""
+    labels, count = components.label(mask, diagonal=diagonal)
+    return labels - 1, components.sizes(labels, count)
 
 
 def _fix_regions(out, labels, ids, value, g):

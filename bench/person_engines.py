@@ -10,8 +10,10 @@ refinement), mode ``central``.
   vertical centre (y1 + y2) / 2), scored by the IoU of the cutout (alpha > 0.5) with that person's
   polygons; rows for subjects >= 5 % and >= 10 % of the frame, and "2+ people" (subject >= 5 %,
   two or more non-crowd people each >= 1 % of the frame).
-* human_seg_dev: IoU with the remove.bg mask, which holds EVERY person; "portraits" are the photos
-  whose mask is one connected part touching the bottom edge and covering >= 15 % of the frame.
+* human_seg_dev: IoU with the remove.bg mask, which holds EVERY person (so a central-person
+  cutout of a group scores low there by design). "one-person portraits": the photos whose mask is
+  one connected part touching the bottom edge and covering >= 15 % of the frame (50 photos), less
+  the 15 of those that show two or more people (checked by eye: ONE_PERSON_PORTRAITS).
 * Every figure per half of bench/datasets.py's split: constants were tuned on ``tune``; ``report``
   is what the issue's targets are read on; ``all`` for reference.
 * Time: the engine's part (detect + paste) per photo resized to 2 MP, wall and CPU seconds,
@@ -35,6 +37,12 @@ sys.path.insert(0, str(ROOT))
 from bench.datasets import coco_sample_dir, human_seg_dir, split_half  # noqa: E402
 
 HALVES = ("tune", "report", "all")
+# human_seg_dev photos (of the 50 the mask rule picks) showing exactly one person, by eye; left out:
+# 193 219 221 223 225 234 253 254 258 263 272 277 280 289 300 (two to five people, touching).
+ONE_PERSON_PORTRAITS = {
+    f"{n}.jpg" for n in (151, 152, 154, 155, 156, 157, 158, 166, 177, 183, 186, 189, 191, 192, 217, 218, 222, 255,
+                         257, 261, 264, 269, 270, 274, 275, 278, 279, 281, 282, 283, 284, 285, 286, 287, 288)
+}
 TWO_MP = 2_000_000
 
 
@@ -104,7 +112,9 @@ def human_seg_items(limit=0):
         sizes = components.sizes(labels, count)
         tags = {"human_seg"}
         if count and sizes.max() >= 0.98 * sizes.sum() and truth[-1].any() and truth.mean() >= 0.15:
-            tags.add("portraits")
+            tags.add("mask-rule portraits")
+            if path.name in ONE_PERSON_PORTRAITS:
+                tags.add("one-person portraits")
         yield path.name, image, truth, tags
 
 
@@ -182,7 +192,7 @@ def main(args):
     """Run both engines for each refine setting in fresh processes and print the tables."""
     if args.child:
         return child(args)
-    tags = ("coco>=5%", "coco>=10%", "coco 2+ people", "portraits", "human_seg")
+    tags = ("coco>=5%", "coco>=10%", "coco 2+ people", "one-person portraits", "mask-rule portraits", "human_seg")
     print(f"COCO: {coco_sample_dir()}; human_seg_dev: {human_seg_dir()}; limit {args.limit or 'none'}; "
           f"{args.threads} threads; IoU of alpha > 0.5, mode central. CPU: {cpu_line()}\n")
     header = "| engine | refine | half | " + " | ".join(tags) + " |"
