@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import components
 from .errors import InvalidParameter
 
 # "guided" first: the default, because it measured best (bench/quality.py on human_seg_dev: the
@@ -41,8 +40,6 @@ SHARPNESS = 10.0
 # The guided filter's coefficients are computed on at most this many pixels (when the radius
 # allows): at 12 MP this halves the filter's cost for a loss within noise (bench --scale 3).
 FILTER_PIXELS = 400_000
-# clean_mask finds components on a subsample of at most this many pixels.
-CLEAN_PIXELS = 120_000
 # Coarse values strictly between these are "uncertain": the band the filter has to work on.
 BAND = (0.02, 0.98)
 # The crop around the band is scanned on a subsample of about this many pixels (cheap at 12 MP).
@@ -276,76 +273,6 @@ def refine_alpha(image, coarse, method=DEFAULT_METHOD):
     if method == "none":
         return _to_unit(coarse)
     return _refine_guided(image, coarse)
-
-
-def _label(mask, diagonal):
-    """Components of a 2-D bool array: ``(labels, sizes)``; labels 0..n-1 on the mask, -1 off it."""
-    labels, count = components.label(mask, diagonal=diagonal)
-    return labels - 1, components.sizes(labels, count)
-
-
-def _fix_regions(out, labels, ids, value, g):
-    """Set the full-resolution pixels of the components ``ids`` (found on a 1/g subsample) to ``value``."""
-    if not ids.size:
-        return
-    h, w = out.shape
-    selected = np.isin(labels, ids)
-    ys, xs = np.nonzero(selected)
-    comp = labels[ys, xs]
-    # One bounding box per component, so each touches only its own small crop at full resolution.
-    order = np.argsort(comp, kind="stable")
-    ys, xs, comp = ys[order], xs[order], comp[order]
-    starts = np.flatnonzero(np.r_[True, comp[1:] != comp[:-1]])
-    for start, end in zip(starts, np.r_[starts[1:], comp.size]):
-        cy, cx = ys[start:end], xs[start:end]
-        # One subsample pixel of margin covers the soft fringe that sampling did not see.
-        sy0, sy1 = max(cy.min() - 1, 0), cy.max() + 2
-        sx0, sx1 = max(cx.min() - 1, 0), cx.max() + 2
-        region = np.zeros((sy1 - sy0, sx1 - sx0), bool)
-        region[cy - sy0, cx - sx0] = True
-        grown = region.copy()
-        grown[1:] |= region[:-1]
-        grown[:-1] |= region[1:]
-        grown[:, 1:] |= grown[:, :-1].copy()
-        grown[:, :-1] |= grown[:, 1:].copy()
-        # Subsample pixel i stands for full-resolution rows [i*g, (i+1)*g) (sampled at i*g + g//2).
-        big = np.repeat(np.repeat(grown, g, axis=0), g, axis=1)
-        fy0, fx0 = sy0 * g, sx0 * g
-        fy1, fx1 = min(h, fy0 + big.shape[0]), min(w, fx0 + big.shape[1])
-        view = out[fy0:fy1, fx0:fx1]
-        view[big[: fy1 - fy0, : fx1 - fx0]] = value
-
-
-def clean_mask(mask, fill_holes=True, min_island_fraction=0.01, max_hole_fraction=0.01):
-    """The mask (float32) without islands or enclosed holes smaller than a fraction of its area."""
-    # Islands: 8-connected parts (at 0.5) under min_island_fraction × the foreground area go to 0.
-    # Holes: enclosed 4-connected background under max_hole_fraction × that area go to 1.
-    # Everything else keeps its soft values.
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise InvalidParameter(f"the mask must be 2-D, got shape {mask.shape}")
-    out = _to_unit(mask).copy()
-    h, w = mask.shape
-    # Components are found on a subsample of at most CLEAN_PIXELS: a 12 MP mask costs no more than
-    # a small one, and parts smaller than a subsample pixel are far below any useful threshold.
-    g = max(1, math.ceil(math.sqrt(h * w / CLEAN_PIXELS)))
-    sub = out[g // 2 :: g, g // 2 :: g] >= 0.5
-    area = int(sub.sum())
-    if area == 0:
-        return out
-    if min_island_fraction > 0:
-        labels, sizes = _label(sub, diagonal=True)
-        _fix_regions(out, labels, np.flatnonzero((sizes > 0) & (sizes < min_island_fraction * area)), 0.0, g)
-    if fill_holes and max_hole_fraction > 0:
-        # Background is 4-connected (the dual of 8-connected foreground); a component touching the
-        # border is outside, not a hole. Large enclosed ones stay: the gap between an arm on the
-        # hip and the body is background too.
-        labels, sizes = _label(~sub, diagonal=False)
-        border = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-        small = (sizes > 0) & (sizes < max_hole_fraction * area)
-        small[border[border >= 0]] = False
-        _fix_regions(out, labels, np.flatnonzero(small), 1.0, g)
-    return out
 
 
 def load_mask(mask_path, size):

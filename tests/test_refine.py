@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from app import refine
 from app.errors import InvalidParameter
-from app.refine import REFINE_METHODS, clean_mask, refine_alpha, refine_file
+from app.refine import REFINE_METHODS, refine_alpha, refine_file
 
 # Refined band error must be at most this fraction of the coarse one (i.e. >= 40% lower).
 # Measured on these scenes: 0.11 (fingers) to 0.47 (hair).
@@ -206,42 +206,6 @@ def test_the_filter_sees_a_bounded_number_of_pixels(monkeypatch):
     assert out.shape == (h, w)
     # The edge lands on the drawn ellipse: inside is 1, outside 0, at full resolution.
     assert out[1050, 1500] == 1.0 and out[100, 100] == 0.0 and out[1050, 610] > 0.5 and out[1050, 590] < 0.5
-
-
-def test_clean_mask_removes_small_islands_and_fills_small_holes():
-    h, w = 300, 400
-    img = Image.new("L", (w, h), 0)
-    d = ImageDraw.Draw(img)
-    d.ellipse((100, 20, 300, 290), fill=255)  # the person
-    d.ellipse((180, 60, 186, 66), fill=0)  # a small hole: filled
-    d.rectangle((150, 150, 250, 230), fill=0)  # a large enclosed gap (arm on hip): kept
-    d.ellipse((20, 20, 26, 26), fill=255)  # a speck: removed
-    d.rectangle((330, 50, 390, 280), fill=255)  # a second large component: kept
-    mask = np.asarray(img, np.float32) / 255.0
-    out = clean_mask(mask)
-    assert out.dtype == np.float32 and out.shape == mask.shape
-    assert out[63, 183] == 1.0
-    assert out[190, 200] == 0.0
-    assert out[23, 23] == 0.0
-    assert out[150, 360] == 1.0
-    # Pixels away from the fixed parts keep their values.
-    np.testing.assert_array_equal(out[100:, 300:], mask[100:, 300:])
-    without_fill = clean_mask(mask, fill_holes=False)
-    assert without_fill[63, 183] == 0.0 and without_fill[23, 23] == 0.0
-
-
-def test_clean_mask_works_on_a_subsample_of_a_big_mask():
-    h, w = 1500, 2000  # 3 MP: components are found on a subsample, fixed at full resolution
-    img = Image.new("L", (w, h), 0)
-    d = ImageDraw.Draw(img)
-    d.ellipse((500, 100, 1500, 1450), fill=255)
-    d.ellipse((900, 500, 940, 540), fill=0)
-    d.ellipse((100, 100, 130, 130), fill=255)
-    mask = np.asarray(img) > 0  # bool input
-    out = clean_mask(mask)
-    assert out[520, 920] == 1.0 and out[115, 115] == 0.0
-    assert out[[700, 50], [1000, 50]].tolist() == [1.0, 0.0]
-    assert clean_mask(np.zeros((10, 10), np.float32)).max() == 0.0
 
 
 def _save_scene(tmp_path, kind="fingers", size=(360, 270), seed=1):
