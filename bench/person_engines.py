@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.datasets import coco_sample_dir, human_seg_dir, split_half  # noqa: E402
+from bench.datasets import coco_sample_dir, human_seg_dir, split_half
 
 HALVES = ("tune", "report", "all")
 # human_seg_dev photos (of the 50 the mask rule picks) showing exactly one person, by eye; left out:
@@ -62,7 +62,6 @@ def central_truth(annotations, width, height):
 
 def coco_items(limit=0):
     """``(name, PIL image, truth bool mask, tags)`` for each COCO sample photo with a person."""
-    import numpy as np
     from PIL import Image
     from pycocotools import mask as mask_utils
 
@@ -123,8 +122,8 @@ def child(args):
     import numpy as np
     from PIL import Image
 
-    from app.engines.selfie import SelfieEngine, fetch_weights
     from app.config import load_config
+    from app.engines.selfie import SelfieEngine, fetch_weights
     from app.errors import NoPersonFound
     from app.pipeline import compute_alpha
     from bench.speed import peak_rss_mb, reset_peak_rss, rss_mb
@@ -200,7 +199,7 @@ def main(args):
     print("|" + "---|" * (3 + len(tags)))
     speed = []
     for refine in args.refine:
-        for engine in ("old", "new"):
+        for engine in args.engines:
             cmd = [sys.executable, __file__, "--child", "--engine", engine, "--refine", refine, "--limit", str(args.limit),
                    "--threads", str(args.threads), "--weights-dir", args.weights_dir, "--time-photos", str(args.time_photos)]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False,
@@ -229,6 +228,7 @@ def build_parser():
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--refine", nargs="+", default=["none", "guided"], help="refinement settings to run")
+    parser.add_argument("--engines", nargs="+", default=["old", "new"], choices=["old", "new"], help="engines to run")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photos of each set (0 = all)")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT threads per model")
     parser.add_argument("--time-photos", type=int, default=20, help="COCO photos timed at 2 MP")

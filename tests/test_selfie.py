@@ -1,8 +1,11 @@
-"""The selfie engine (MediaPipe selfie segmenter on LiteRT): weights, components, the real model.
+"""The selfie engine (MediaPipe's selfie segmenter + pose models on LiteRT): weights, blobs, the real models.
 
 Offline: the URL source is a loopback HTTP server started here, the PyPI source is a stubbed
-``pip download`` that writes a zip laid out like the mediapipe wheel. The real models and photos
-come from ../shared/ (models/, data/human_seg_dev/); tests that need them skip where absent.
+``pip download`` that writes a zip laid out like the mediapipe wheel; those tests run the fetching
+mechanism over the two segmenter files. The real segmenter models and photos come from ../shared/
+(models/, data/); the pose models are not there: they are fetched once, through the engine's own
+``pip download`` of the hash-pinned wheel, into the project's weights cache (``weights/selfie/``),
+and the tests that need them skip, saying why, where that fails (offline).
 """
 import http.server
 import logging
@@ -20,15 +23,19 @@ import pytest
 from PIL import Image
 
 from app.config import load_config
-from app.engines import selfie
+from app.engines import selfie, selfie_segmenter, selfie_weights
 from app.errors import ModelUnavailable
+from app.pipeline import CutoutOptions, compute_alpha, remove_background
 from app.selection import select_people
+from bench.datasets import coco_sample_dir, human_seg_dir, models_dir
+from bench.person_engines import central_truth
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-MODELS_DIR = SHARED / "models"
-PHOTOS = SHARED / "data" / "human_seg_dev"
+MODELS_DIR = models_dir()
+PHOTOS = human_seg_dir()
 GENERAL, LANDSCAPE = (selfie.MODELS[k][0] for k in ("general", "landscape"))
+DETECTOR, LANDMARKS = (selfie.MODELS[k][0] for k in ("detector", "landmarks"))
+SEGMENTER_MODELS = {kind: selfie.MODELS[kind] for kind in selfie_weights.SEGMENTER_KINDS}
 
 needs_models = pytest.mark.skipif(
     not all((MODELS_DIR / name).is_file() for name in (GENERAL, LANDSCAPE)),
@@ -37,6 +44,23 @@ needs_models = pytest.mark.skipif(
 needs_photos = pytest.mark.skipif(
     not (PHOTOS / "images").is_dir(), reason=f"{PHOTOS} (shared photos with person masks) is absent"
 )
+
+
+@pytest.fixture
+def segmenter_files_only(monkeypatch):
+    """The fetching mechanism over the two segmenter files (the pose files are not in ../shared)."""
+    monkeypatch.setattr(selfie_weights, "MODELS", SEGMENTER_MODELS)
+
+
+@pytest.fixture(scope="session")
+def pose_files():
+    """The two pose models, fetched once from the hash-pinned wheel into weights/selfie/ (or skip)."""
+    cfg = load_config(environ={}, overrides={"WEIGHTS_DIR": os.environ.get("BGREMOVAL_WEIGHTS_DIR") or str(ROOT / "weights")})
+    try:
+        paths = selfie_weights.fetch_weights(cfg, progress=False)
+    except ModelUnavailable as exc:
+        pytest.skip(f"the pose models could not be fetched from the mediapipe wheel (offline?): {exc}")
+    return {kind: paths[kind] for kind in selfie_weights.POSE_KINDS}
 
 
 def config(tmp_path, **overrides):
@@ -59,9 +83,27 @@ def model_copies(tmp_path):
 
 @pytest.fixture(scope="module")
 def engine():
+    """The segmenter alone: a SELFIE_WEIGHTS folder without the pose models (the old engine)."""
     if not all((MODELS_DIR / name).is_file() for name in (GENERAL, LANDSCAPE)):
         pytest.skip(f"the selfie .tflite files are not in {MODELS_DIR} (shared test assets)")
     return selfie.build_engine(load_config(environ={}, overrides={"SELFIE_WEIGHTS": str(MODELS_DIR)}))
+
+
+@pytest.fixture(scope="module")
+def all_models(tmp_path_factory, pose_files):
+    """A folder with all four models: the shared segmenters and the fetched pose models."""
+    if not all((MODELS_DIR / name).is_file() for name in (GENERAL, LANDSCAPE)):
+        pytest.skip(f"the selfie .tflite files are not in {MODELS_DIR} (shared test assets)")
+    folder = tmp_path_factory.mktemp("all-models")
+    for path in [MODELS_DIR / GENERAL, MODELS_DIR / LANDSCAPE, *pose_files.values()]:
+        os.symlink(path.resolve(), folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def full_engine(all_models):
+    """The engine with the pose models."""
+    return selfie.build_engine(load_config(environ={}, overrides={"SELFIE_WEIGHTS": str(all_models)}))
 
 
 class _Server:
@@ -112,10 +154,17 @@ def _closed_port_url():
 # --- weights: SELFIE_WEIGHTS -------------------------------------------------------------------
 
 
-def test_user_folder_is_used_as_given(tmp_path, model_copies):
+def test_user_folder_is_used_as_given(tmp_path, model_copies, segmenter_files_only):
     paths = selfie.fetch_weights(config(tmp_path, SELFIE_WEIGHTS=str(model_copies)))
     assert paths == {"general": model_copies / GENERAL, "landscape": model_copies / LANDSCAPE}
     assert not (tmp_path / "weights").exists()  # nothing fetched or copied
+
+
+def test_a_folder_without_the_pose_models_gives_the_segmenter_alone(tmp_path, model_copies, caplog):
+    with caplog.at_level(logging.WARNING):
+        engine = selfie.build_engine(config(tmp_path, SELFIE_WEIGHTS=str(model_copies)))
+    assert engine.detector is None and DETECTOR in caplog.text
+    assert isinstance(engine.detect(Image.new("RGB", (64, 48))), selfie_segmenter.Blobs)
 
 
 def test_user_file_with_known_name_is_hash_checked(tmp_path, model_copies):
@@ -161,20 +210,20 @@ def test_a_file_that_is_not_a_model_is_refused_at_load(tmp_path):
 # --- weights: the URL source and the cache ------------------------------------------------------
 
 
-def test_url_source_fills_the_cache_once(tmp_path, server):
+def test_url_source_fills_the_cache_once(tmp_path, server, segmenter_files_only):
     cfg = config(tmp_path, SELFIE_URL=server.url)
     paths = selfie.fetch_weights(cfg, progress=False)
     cache = tmp_path / "weights" / "selfie"
     assert paths == {"general": cache / GENERAL, "landscape": cache / LANDSCAPE}
-    for kind, (_name, sha256) in selfie.MODELS.items():
-        assert selfie.sha256_of(paths[kind]) == sha256
+    for kind, (_name, sha256) in SEGMENTER_MODELS.items():
+        assert selfie_weights.sha256_of(paths[kind]) == sha256
     assert sorted(server.requests) == sorted(f"/models/{n}" for n in (GENERAL, LANDSCAPE))
     assert selfie.fetch_weights(cfg, progress=False) == paths
     assert len(server.requests) == 2  # the second call is served by the verified cache
     assert not list(cache.glob("*.part"))
 
 
-def test_corrupt_cache_file_is_refetched_not_loaded(tmp_path, server):
+def test_corrupt_cache_file_is_refetched_not_loaded(tmp_path, server, segmenter_files_only):
     cfg = config(tmp_path, SELFIE_URL=server.url)
     cache = tmp_path / "weights" / "selfie"
     cache.mkdir(parents=True)
@@ -182,11 +231,11 @@ def test_corrupt_cache_file_is_refetched_not_loaded(tmp_path, server):
     (cache / GENERAL).write_bytes((MODELS_DIR / GENERAL).read_bytes()[:1000])  # truncated
     engine = selfie.build_engine(cfg)
     assert server.requests == [f"/models/{GENERAL}"]  # only the corrupt one was fetched
-    assert selfie.sha256_of(cache / GENERAL) == selfie.MODELS["general"][1]
+    assert selfie_weights.sha256_of(cache / GENERAL) == selfie.MODELS["general"][1]
     assert engine.models["general"].path == cache / GENERAL
 
 
-def test_corrupt_cache_without_a_source_is_reported(tmp_path, caplog):
+def test_corrupt_cache_without_a_source_is_reported(tmp_path, caplog, segmenter_files_only):
     cfg = config(tmp_path, SELFIE_URL=_closed_port_url())
     cache = tmp_path / "weights" / "selfie"
     cache.mkdir(parents=True)
@@ -199,7 +248,7 @@ def test_corrupt_cache_without_a_source_is_reported(tmp_path, caplog):
     assert "Deleting" in caplog.text
 
 
-def test_server_with_wrong_bytes_is_refused(tmp_path, server):
+def test_server_with_wrong_bytes_is_refused(tmp_path, server, segmenter_files_only):
     site_model = tmp_path / "site" / "models" / GENERAL
     site_model.write_bytes(b"tampered" * 1000)
     with pytest.raises(ModelUnavailable) as info:
@@ -209,7 +258,7 @@ def test_server_with_wrong_bytes_is_refused(tmp_path, server):
     assert not (cache / GENERAL).exists() and not list(cache.glob("*.part"))
 
 
-def test_weights_status_checks_without_fetching_or_deleting(tmp_path, model_copies):
+def test_weights_status_checks_without_fetching_or_deleting(tmp_path, model_copies, segmenter_files_only):
     ok, reason = selfie.weights_status(config(tmp_path))
     assert not ok and selfie.FETCH_COMMAND in reason
     cache = tmp_path / "weights" / "selfie"
@@ -236,7 +285,8 @@ def _fake_wheel(folder, members):
     with zipfile.ZipFile(folder / "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl", "w") as z:
         z.writestr("mediapipe/__init__.py", "")
         for name, data in members.items():
-            z.writestr(selfie.WHEEL_FOLDER + name, data)
+            kind = next(k for k, (n, _) in selfie.MODELS.items() if n == name)
+            z.writestr(selfie_weights.WHEEL_FOLDERS[kind] + name, data)
 
 
 def _stub_pip(monkeypatch, members, fail_first=False):
@@ -247,7 +297,7 @@ def _stub_pip(monkeypatch, members, fail_first=False):
         calls.append(command)
         assert command[:4] == [sys.executable, "-m", "pip", "download"]
         assert "--no-deps" in command and "--only-binary=:all:" in command
-        assert command[-1] == selfie.MEDIAPIPE_REQUIREMENT and "timeout" in kwargs
+        assert command[-1] == selfie_weights.MEDIAPIPE_REQUIREMENT and "timeout" in kwargs
         if fail_first and len(calls) == 1:
             error = "ERROR: No matching distribution found for mediapipe==0.10.21"
             return subprocess.CompletedProcess(command, 1, "", error)
@@ -256,7 +306,7 @@ def _stub_pip(monkeypatch, members, fail_first=False):
             return subprocess.CompletedProcess(command, 0, "", "")
         return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version (from versions: none)")
 
-    monkeypatch.setattr(selfie.subprocess, "run", run)
+    monkeypatch.setattr(selfie_weights.subprocess, "run", run)
     return calls
 
 
@@ -265,25 +315,25 @@ def _real_members():
 
 
 @needs_models
-def test_wheel_source_extracts_and_verifies(tmp_path, monkeypatch):
+def test_wheel_source_extracts_and_verifies(tmp_path, monkeypatch, segmenter_files_only):
     calls = _stub_pip(monkeypatch, _real_members())
     paths = selfie.fetch_weights(config(tmp_path), progress=False)
     assert len(calls) == 1 and "--platform" not in calls[0]
-    for kind, (name, sha256) in selfie.MODELS.items():
+    for kind, (name, sha256) in SEGMENTER_MODELS.items():
         assert paths[kind] == tmp_path / "weights" / "selfie" / name
-        assert selfie.sha256_of(paths[kind]) == sha256
+        assert selfie_weights.sha256_of(paths[kind]) == sha256
     assert sorted(p.name for p in (tmp_path / "weights" / "selfie").iterdir()) == sorted([GENERAL, LANDSCAPE])
 
 
 @needs_models
-def test_wheel_source_retries_with_an_explicit_platform(tmp_path, monkeypatch):
+def test_wheel_source_retries_with_an_explicit_platform(tmp_path, monkeypatch, segmenter_files_only):
     calls = _stub_pip(monkeypatch, _real_members(), fail_first=True)
     selfie.fetch_weights(config(tmp_path), progress=False)
     assert len(calls) == 2
     assert "--platform" in calls[1] and "--python-version" in calls[1]
 
 
-def test_wheel_source_failure_is_reported(tmp_path, monkeypatch):
+def test_wheel_source_failure_is_reported(tmp_path, monkeypatch, segmenter_files_only):
     calls = _stub_pip(monkeypatch, None)
     with pytest.raises(ModelUnavailable) as info:
         selfie.fetch_weights(config(tmp_path), progress=False)
@@ -292,7 +342,7 @@ def test_wheel_source_failure_is_reported(tmp_path, monkeypatch):
     assert "mediapipe==0.10.21" in message and selfie.FETCH_COMMAND in message
 
 
-def test_wheel_with_wrong_model_bytes_is_refused(tmp_path, monkeypatch):
+def test_wheel_with_wrong_model_bytes_is_refused(tmp_path, monkeypatch, segmenter_files_only):
     _stub_pip(monkeypatch, {GENERAL: b"x" * 100, LANDSCAPE: b"y" * 100})
     with pytest.raises(ModelUnavailable) as info:
         selfie.fetch_weights(config(tmp_path), progress=False)
@@ -300,53 +350,22 @@ def test_wheel_with_wrong_model_bytes_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "weights" / "selfie" / GENERAL).exists()
 
 
-def test_wheel_without_the_models_is_refused(tmp_path, monkeypatch):
+def test_wheel_without_the_models_is_refused(tmp_path, monkeypatch, segmenter_files_only):
     _stub_pip(monkeypatch, {})
     with pytest.raises(ModelUnavailable) as info:
         selfie.fetch_weights(config(tmp_path), progress=False)
-    assert selfie.WHEEL_FOLDER in str(info.value)
+    assert selfie_weights.WHEEL_FOLDERS["general"] in str(info.value)
 
 
-# --- components ---------------------------------------------------------------------------------
+def test_wheel_source_brings_the_pose_models_from_their_own_folders(tmp_path, monkeypatch, pose_files):
+    _stub_pip(monkeypatch, {**_real_members(), **{p.name: p.read_bytes() for p in pose_files.values()}})
+    paths = selfie.fetch_weights(config(tmp_path), progress=False)
+    assert sorted(paths) == sorted(selfie.MODELS)
+    for kind, (name, sha256) in selfie.MODELS.items():
+        assert selfie_weights.sha256_of(paths[kind]) == sha256
 
 
-def _flood_labels(mask):
-    """Reference 8-connected labelling (slow, obvious)."""
-    h, w = mask.shape
-    labels = np.zeros((h, w), int)
-    count = 0
-    for y in range(h):
-        for x in range(w):
-            if mask[y, x] and not labels[y, x]:
-                count += 1
-                stack = [(y, x)]
-                labels[y, x] = count
-                while stack:
-                    a, b = stack.pop()
-                    for c in range(max(a - 1, 0), min(a + 2, h)):
-                        for d in range(max(b - 1, 0), min(b + 2, w)):
-                            if mask[c, d] and not labels[c, d]:
-                                labels[c, d] = count
-                                stack.append((c, d))
-    return labels, count
-
-
-def test_label_components_matches_a_flood_fill():
-    rng = np.random.default_rng(7)
-    for _ in range(150):
-        mask = rng.random((int(rng.integers(1, 25)), int(rng.integers(1, 25)))) < rng.random()
-        labels, count = selfie.label_components(mask)
-        expected, expected_count = _flood_labels(mask)
-        assert count == expected_count
-        assert (labels[~mask] == 0).all()
-        assert len(set(zip(labels[mask].tolist(), expected[mask].tolist()))) == count  # same partition
-
-
-def test_label_components_diagonal_and_empty():
-    assert selfie.label_components(np.eye(5, dtype=bool))[1] == 1  # 8-connected
-    assert selfie.label_components(np.zeros((4, 4), bool))[1] == 0
-    labels, count = selfie.label_components(np.array([[1, 0, 1], [0, 0, 0], [1, 0, 1]], bool))
-    assert count == 4
+# --- segmenter blobs ---------------------------------------------------------------------------------
 
 
 def _two_blobs():
@@ -360,7 +379,7 @@ def _two_blobs():
 
 def test_candidates_from_two_blobs():
     prob = _two_blobs()
-    cands = selfie.candidates_from_probability(prob, (640, 320))  # 10× wider, 5× taller
+    cands = selfie_segmenter.candidates_from_probability(prob, (640, 320))  # 10× wider, 5× taller
     assert len(cands) == 2  # the speck is not a candidate
     np.testing.assert_allclose(cands.boxes[0], [20, 50, 220, 300])
     np.testing.assert_allclose(cands.boxes[1], [280, 100, 360, 220])
@@ -387,7 +406,7 @@ def test_soft_edge_survives_but_not_into_a_neighbour():
     prob[8:24, 4:14] = 0.9
     prob[8:24, 14] = 0.3  # soft edge: below threshold, kept within the grown support
     prob[8:24, 15:28] = 0.9  # a neighbour one pixel away
-    cands = selfie.candidates_from_probability(prob, (32, 32))
+    cands = selfie_segmenter.candidates_from_probability(prob, (32, 32))
     assert len(cands) == 2
     left = int(np.argmin(cands.boxes[:, 0]))
     mask = cands.mask([left])
@@ -396,20 +415,20 @@ def test_soft_edge_survives_but_not_into_a_neighbour():
 
 
 def test_no_person_gives_no_candidates():
-    cands = selfie.candidates_from_probability(np.full((16, 16), 0.1, np.float32), (100, 50))
+    cands = selfie_segmenter.candidates_from_probability(np.full((16, 16), 0.1, np.float32), (100, 50))
     assert len(cands) == 0 and cands.boxes.shape == (0, 4)
     assert cands.mask([]).shape == (50, 100)
 
 
 def test_model_choice_by_aspect_ratio():
     aspects = {"general": 1.0, "landscape": 256 / 144}
-    assert selfie.choose_model((480, 640), aspects) == "general"
-    assert selfie.choose_model((500, 500), aspects) == "general"
-    assert selfie.choose_model((640, 480), aspects) == "general"  # 4:3 is the tie: general
-    assert selfie.choose_model((700, 500), aspects) == "landscape"
-    assert selfie.choose_model((1920, 1080), aspects) == "landscape"
-    assert selfie.choose_model((3000, 1000), aspects) == "landscape"
-    assert selfie.choose_model((1920, 1080), {"general": 1.0}) == "general"
+    assert selfie_segmenter.choose_model((480, 640), aspects) == "general"
+    assert selfie_segmenter.choose_model((500, 500), aspects) == "general"
+    assert selfie_segmenter.choose_model((640, 480), aspects) == "general"  # 4:3 is the tie: general
+    assert selfie_segmenter.choose_model((700, 500), aspects) == "landscape"
+    assert selfie_segmenter.choose_model((1920, 1080), aspects) == "landscape"
+    assert selfie_segmenter.choose_model((3000, 1000), aspects) == "landscape"
+    assert selfie_segmenter.choose_model((1920, 1080), {"general": 1.0}) == "general"
 
 
 # --- the real model -------------------------------------------------------------------------------
@@ -473,7 +492,143 @@ def test_selfie_process_never_imports_torch(tmp_path):
         "print('ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("BGREMOVAL_")}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+# --- the pose models: who is who -----------------------------------------------------------------
+
+needs_coco = pytest.mark.skipif(
+    not (coco_sample_dir() / "instances.json").is_file(), reason=f"{coco_sample_dir()} (shared COCO sample) is absent"
+)
+
+
+def _coco_photo_and_central_truth(file_name):
+    """A COCO sample photo and the mask of its central person by the original rule on the annotations."""
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    data = json.loads((coco_sample_dir() / "instances.json").read_text())
+    info = next(i for i in data["images"] if i["file_name"] == file_name)
+    people = [a for a in data["annotations"]
+              if a["image_id"] == info["id"] and a["category_id"] == 1 and not a["iscrowd"]]
+    best = central_truth(people, info["width"], info["height"])
+    rles = mask_utils.frPyObjects(best["segmentation"], info["height"], info["width"])
+    truth = mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    return Image.open(coco_sample_dir() / "images" / file_name).convert("RGB"), truth, len(people)
+
+
+def _iou(alpha8, truth):
+    pred = alpha8 > 127
+    return (pred & truth).sum() / (pred | truth).sum()
+
+
+@needs_coco
+def test_a_group_keeps_its_central_person_in_central_mode_and_everyone_in_all_mode(full_engine, engine):
+    # Five annotated people; two stand together in the middle, one blob for the segmenter.
+    image, truth, annotated = _coco_photo_and_central_truth("000000000241.jpg")
+    assert annotated >= 2
+    central, _, people, _ = compute_alpha(image, full_engine, "central", 0.5, "none")
+    everyone, _, people_all, _ = compute_alpha(image, full_engine, "all", 0.5, "none")
+    blob, _, _, _ = compute_alpha(image, engine, "central", 0.5, "none")
+    assert people == 1 and people_all >= 2
+    assert _iou(central, truth) > 0.8 and _iou(central, truth) > _iou(blob, truth) + 0.15
+    assert (everyone > 127).sum() > 1.3 * (central > 127).sum()
+    assert ((central > 127) & ~(everyone > 127)).sum() < 0.02 * (central > 127).sum()  # central ⊂ everyone
+
+
+@needs_photos
+def test_people_who_touch_are_told_apart_and_all_mode_still_holds_both(full_engine, engine):
+    image, truth = _photo_and_truth("227.jpg")  # two women walking arm in arm: one blob; the mask has both
+    central, _, people, _ = compute_alpha(image, full_engine, "central", 0.5, "none")
+    everyone, _, people_all, _ = compute_alpha(image, full_engine, "all", 0.5, "none")
+    assert people == 1 and people_all == 2
+    assert (central > 127).sum() < 0.7 * (everyone > 127).sum()
+    assert _iou(everyone, truth) > 0.8
+    old_all, _, old_people, _ = compute_alpha(image, engine, "all", 0.5, "none")
+    assert old_people == 1 and _iou(everyone, truth) >= _iou(old_all, truth) - 0.02
+
+
+@needs_coco
+def test_x_people_counts_the_people_kept(full_engine):
+    data = (coco_sample_dir() / "images" / "000000000241.jpg").read_bytes()
+    assert remove_background(data, full_engine, CutoutOptions(mode="central")).people == 1
+    assert remove_background(data, full_engine, CutoutOptions(mode="all")).people >= 2
+
+
+@needs_photos
+@pytest.mark.parametrize("name", ["189.jpg", "283.jpg", "157.jpg"])
+def test_one_person_portraits_keep_the_segmenter_mask(full_engine, engine, name):
+    image, truth = _photo_and_truth(name)
+    ours, _, people, _ = compute_alpha(image, full_engine, "central", 0.5, "none")
+    segmenter, _, _, _ = compute_alpha(image, engine, "central", 0.5, "none")
+    assert people == 1
+    np.testing.assert_array_equal(ours, segmenter)  # the segmenter's own quality, not the coarser pose mask
+    assert _iou(ours, truth) > 0.9
+
+
+class _DrawnPerson:
+    """Stands in for the landmark model: the detected person's mask is the rectangle x 180-220, y 120-360."""
+
+    def person(self, image, region):
+        from app.engines.pose_landmarks import PersonMask
+
+        logits = np.full((256, 256), -20.0, np.float32)
+        (u0, v0), (u1, v1) = region.photo_to_crop(np.array([[180, 120], [220, 360]], float)).round().astype(int)
+        logits[v0:v1, u0:u1] = 20.0
+        return PersonMask(region=region, presence=1.0, logits=logits, landmarks=np.zeros((39, 5)))
+
+
+def test_candidates_are_body_boxes_free_blobs_and_missed_people():
+    from app.engines.pose_detector import Detections, visible_bodies
+
+    size = (400, 400)
+    prob = np.zeros((100, 100), np.float32)
+    prob[30:90, 45:55] = 0.9  # the detected person (hip at (200, 240), head up)
+    prob[30:90, 55:70] = 0.9  # someone touching them on the right, not detected: the same blob
+    prob[5:15, 5:15] = 0.9  # far away in a corner, not detected
+    blobs = selfie_segmenter.candidates_from_probability(prob, size)
+    assert len(blobs) == 2
+    dets = Detections(np.array([0.9], np.float32), np.array([[190, 100, 210, 130]], np.float32),
+                      np.array([[[200, 240], [200, 120], [0, 0], [0, 0]]], np.float32))
+    cands = selfie.people_candidates(Image.new("RGB", size), 1.0, size, dets, blobs, _DrawnPerson())
+    assert len(cands) == 3  # the person, the corner blob, the neighbour's part of the shared blob
+    boxes, areas, _ = visible_bodies(dets, size)
+    np.testing.assert_allclose(cands.boxes[0], boxes[0])
+    assert cands.areas[0] == pytest.approx(areas[0])
+    np.testing.assert_allclose(cands.boxes[1], [20, 20, 60, 60])
+    assert cands.boxes[2][0] >= 220 and cands.boxes[2][2] == 280  # right of the person's own mask
+    expected = np.argmax(cands.scores * cands.areas / np.hypot(
+        (cands.boxes[:, 0] + cands.boxes[:, 2]) / 2 - 200, (cands.boxes[:, 1] + cands.boxes[:, 3]) / 2 - 200) ** 4)
+    assert select_people(cands.scores, cands.areas, cands.boxes, size, "central") == [expected] == [0]
+    corner = cands.mask([1])
+    assert corner[40, 40] > 0.5 and corner[200, 200] == 0.0
+    both = cands.mask([0, 2])  # everyone in the shared blob: the blob itself, no landmark model needed
+    assert both[200, 200] > 0.5 and both[200, 260] > 0.5 and both[40, 40] == 0.0
+    alone = cands.mask([0])  # the person alone: the (drawn) landmark mask, not the shared blob
+    assert alone[200, 200] > 0.5 and alone[200, 260] < 1e-6
+
+
+@needs_models
+def test_a_process_with_the_pose_models_never_imports_torch(all_models):
+    code = (
+        "import sys\n"
+        "from PIL import Image\n"
+        "import app.engines\n"
+        "from app.config import load_config\n"
+        f"cfg = load_config(environ={{}}, overrides={{'SELFIE_WEIGHTS': {str(all_models)!r}}})\n"
+        "e = app.engines.build_engine('selfie', cfg)\n"
+        "assert e.detector is not None\n"
+        f"im = Image.open({str(coco_sample_dir() / 'images' / '000000000241.jpg')!r}).convert('RGB')\n"
+        "c = e.detect(im)\n"
+        "c.mask([0]); c.mask(range(len(c)))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok', len(c))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BGREMOVAL_")}
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("ok")

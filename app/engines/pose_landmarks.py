@@ -6,9 +6,8 @@ centred on the hip centre, rotated so that hip centre → keypoint 1 points up, 
 its edge) and returns, besides 39 landmarks, a 256×256 segmentation logit map of the person in it,
 which is pasted back onto the photo through the inverse of the same rotation.
 """
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image

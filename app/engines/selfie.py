@@ -24,13 +24,19 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .. import components
 from ..errors import ModelUnavailable
+from ..selection import centrality_scores
 from .base import Engine, PersonCandidates
 from ..cpu import available_cpus
 from .litert import LiteModel
 from .pose_detector import PoseDetector, body_boxes, visible_bodies
 from .pose_landmarks import PoseLandmarks, region_of
-from .selfie_segmenter import SelfieSegmenter, candidates_from_probability
+from .selfie_segmenter import (
+    SUPPORT_GROWTH,
+    SelfieSegmenter,
+    candidates_from_probability,
+)
 from .selfie_weights import (
     FETCH_COMMAND,
     MODELS,
@@ -48,6 +54,11 @@ MAX_THREADS = 4  # 224-256 px models gain little from more
 PERSON_SCORE = 0.5  # detections below this are not people for this engine
 CLOSE_UP = 0.5  # a lone person with less than this fraction of their body box in the frame is a portrait
 BLOB_COVERED = 0.2  # a selfie blob more than this fraction inside detected bodies belongs to them
+# A covered blob's part outside the detected people's own masks that holds at least this fraction of
+# the blob is someone the detector missed (people who touch, walking side by side): a candidate of its
+# own. Only blobs with that much outside the people's narrow body boxes (BODY_MARGIN) are checked.
+REMAINDER = 0.3
+BODY_MARGIN = (1.0, 0.5)  # (length, width) factors: a standing body is about r/2 wide
 # The models see at most 256 px; they read a copy of the photo reduced (by an integer factor, a
 # cheap box filter) to at most this long side, and masks are pasted back at full size.
 WORK_SIDE = 1024
@@ -62,13 +73,20 @@ def working_copy(image):
     return work, image.width / work.width
 
 
-def _bodies_on_grid(dets, indices, image_size, grid_size):
-    """Boolean ``(h, w)`` raster of the body boxes of ``indices`` on a ``grid_size`` (w, h) grid."""
+def _bodies_on_grid(dets, indices, image_size, grid_size, margin=(1.0, 1.0)):
+    """Boolean ``(h, w)`` raster of the body boxes of ``indices`` on a ``grid_size`` (w, h) grid.
+
+    ``margin``: (length, width) factors applied to each box about its centre.
+    """
     width, height = grid_size
     scale = np.array([width / image_size[0], height / image_size[1]])
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
-    for quad in body_boxes(dets.take(indices)):
+    taken = dets.take(indices)
+    for quad, hip in zip(body_boxes(taken), taken.hips):
+        along, across = (quad[0] + quad[1]) / 2 - hip, (quad[0] - quad[1]) / 2
+        along, across = along * margin[0], across * margin[1]
+        quad = np.array([hip + along + across, hip + along - across, hip - along - across, hip - along + across])
         draw.polygon([tuple(p) for p in quad * scale], fill=1)
     return np.asarray(canvas, dtype=bool)
 
@@ -133,24 +151,70 @@ def people_candidates(work, scale, size, work_dets, blobs, landmarks):
     blob_area = np.bincount(blobs.labels.ravel(), minlength=len(blobs) + 1)[1:]
     inside = np.bincount(blobs.labels[bodies].ravel(), minlength=len(blobs) + 1)[1:]
     free = [j for j in range(len(blobs)) if inside[j] <= BLOB_COVERED * blob_area[j]]
+    # Parts of covered blobs outside every detected person: people the detector missed. Cheap test
+    # first (outside narrow body boxes), then the people's own masks decide (limbs are theirs).
     people = len(dets)
+    results = {}
+
+    def person(i):
+        if i not in results:
+            region = region_of(work_dets.hips[i], work_dets.keypoints[i, 1])
+            results[i] = landmarks.person(work, region)
+        return results[i]
+
+    def person_mask(i):
+        return person(i).paste(size, scale)
 
     def blobs_of(i):
-        """The blobs person ``i``'s body box overlaps most (ties: none)."""
+        """The blob person ``i``'s body box overlaps most (none if it overlaps no blob)."""
         body = _bodies_on_grid(dets, [i], size, (grid_w, grid_h))
         overlap = np.bincount(blobs.labels[body].ravel(), minlength=len(blobs) + 1)[1:]
         return [int(np.argmax(overlap))] if overlap.size and overlap.max() > 0 else []
 
-    def person_mask(i):
-        region = region_of(work_dets.hips[i], work_dets.keypoints[i, 1])
-        return landmarks.person(work, region).paste(size, scale)
+    narrow = _bodies_on_grid(dets, range(people), size, (grid_w, grid_h), BODY_MARGIN)
+    outside = np.bincount(blobs.labels[~narrow].ravel(), minlength=len(blobs) + 1)[1:]
+    extra_boxes, extra_scores, extra_areas, extra_regions = [], [], [], []
+    sx, sy = size[0] / grid_w, size[1] / grid_h
+    for j in range(len(blobs)):
+        if j in free or outside[j] < REMAINDER * blob_area[j]:
+            continue
+        blob = blobs.labels == j + 1
+        theirs = np.zeros_like(blob)
+        for i in range(people):
+            if (blob & _bodies_on_grid(dets, [i], size, (grid_w, grid_h))).any():
+                theirs |= person(i).paste((grid_w, grid_h), grid_w / work.width) > 0.5
+        region = blob & ~components.grow(theirs, SUPPORT_GROWTH)
+        if region.sum() < REMAINDER * blob_area[j]:
+            continue
+        rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+        extra_boxes.append((cols[0] * sx, rows[0] * sy, (cols[-1] + 1) * sx, (rows[-1] + 1) * sy))
+        extra_scores.append(float(blobs.prob[region].mean()))
+        extra_areas.append(float(region.sum()) * sx * sy)
+        extra_regions.append(region)
+    if extra_regions:
+        # A missed person's part never outranks a detected person for "central" or "largest"
+        # (measured on the tuning half: letting it compete lost more central picks than it won).
+        kept = np.concatenate([boxes, np.reshape(extra_boxes, (-1, 4))])
+        value = centrality_scores(np.r_[dets.scores, extra_scores], np.r_[areas, extra_areas], kept, size)
+        best_value, best_area = value[:people].max(), areas.max()
+        keep = [k for k in range(len(extra_regions))
+                if value[people + k] < best_value and extra_areas[k] < best_area]
+        extra_boxes = [extra_boxes[k] for k in keep]
+        extra_scores = [extra_scores[k] for k in keep]
+        extra_areas = [extra_areas[k] for k in keep]
+        extra_regions = [extra_regions[k] for k in keep]
+    remainders = extra_regions
+    total = people + len(free) + len(remainders)
 
     def paste(indices):
         chosen = sorted({int(i) for i in indices})
-        if any(i < 0 or i >= people + len(free) for i in chosen):
-            raise IndexError(f"candidate index out of range 0..{people + len(free) - 1}")
+        if any(i < 0 or i >= total for i in chosen):
+            raise IndexError(f"candidate index out of range 0..{total - 1}")
         persons = [i for i in chosen if i < people]
-        blob_ids = [free[i - people] for i in chosen if i >= people]
+        blob_ids = [free[i - people] for i in chosen if people <= i < people + len(free)]
+        regions = [extra_regions[i - people - len(free)] for i in chosen if i >= people + len(free)]
+        if len(chosen) == 1 and regions:
+            return blobs.paste_region(regions[0])
         if len(chosen) == 1 and persons:
             i = persons[0]
             own = blobs_of(i)
@@ -165,6 +229,8 @@ def people_candidates(work, scale, size, work_dets, blobs, landmarks):
             else:
                 masks.append(person_mask(i))
         out = blobs.paste(sorted(set(blob_ids))) if blob_ids else np.zeros((size[1], size[0]), np.float32)
+        for region in regions:
+            np.maximum(out, blobs.paste_region(region), out=out)
         for mask in masks:
             np.maximum(out, mask, out=out)
         return out
@@ -172,9 +238,9 @@ def people_candidates(work, scale, size, work_dets, blobs, landmarks):
     free_idx = np.asarray(free, dtype=int)
     return PersonCandidates(
         image_size=size,
-        boxes=np.concatenate([boxes, blobs.boxes[free_idx].reshape(-1, 4)]),
-        scores=np.concatenate([dets.scores.astype(np.float64), blobs.scores[free_idx]]),
-        areas=np.concatenate([areas, blobs.areas[free_idx]]),
+        boxes=np.concatenate([boxes, blobs.boxes[free_idx].reshape(-1, 4), np.reshape(extra_boxes, (-1, 4))]),
+        scores=np.concatenate([dets.scores.astype(np.float64), blobs.scores[free_idx], extra_scores]),
+        areas=np.concatenate([areas, blobs.areas[free_idx], extra_areas]),
         paste=paste,
     )
 

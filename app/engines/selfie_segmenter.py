@@ -40,6 +40,11 @@ class Blobs(PersonCandidates):
     """Candidates that are segmenter blobs, with the model-resolution map of which pixel is whose."""
 
     labels: np.ndarray = field(default=None, repr=False)  # blob index + 1 per model pixel, 0 = background
+    prob: np.ndarray = field(default=None, repr=False)  # the model's probability map
+
+    def paste_region(self, region):
+        """The probability inside a model-resolution bool ``region``, at the photo's size."""
+        return upsample(np.where(region, self.prob, 0.0), self.image_size)
 
 
 def upsample(prob, image_size):
@@ -92,7 +97,7 @@ def candidates_from_probability(prob, image_size, threshold=THRESHOLD):
         return upsample(np.where(support, prob, 0.0), (image_width, image_height))
 
     return Blobs(image_size=(image_width, image_height), boxes=boxes, scores=scores, areas=full_areas,
-                 paste=paste, labels=candidate_map)
+                 paste=paste, labels=candidate_map, prob=prob)
 
 
 def choose_model(image_size, aspects):
