@@ -147,7 +147,7 @@ def child(args):
     # Time and memory at 2 MP: the engine's part of the pipeline (detect + paste), wall and CPU.
     reset_peak_rss()
     wall, cpu = [], []
-    for name, image, _, _ in coco_items(args.time_photos):
+    for _, image, _, _ in coco_items(args.time_photos):
         scale = (TWO_MP / (image.width * image.height)) ** 0.5
         big = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
         start, start_cpu = time.perf_counter(), time.process_time()

@@ -361,7 +361,7 @@ def test_wheel_source_brings_the_pose_models_from_their_own_folders(tmp_path, mo
     _stub_pip(monkeypatch, {**_real_members(), **{p.name: p.read_bytes() for p in pose_files.values()}})
     paths = selfie.fetch_weights(config(tmp_path), progress=False)
     assert sorted(paths) == sorted(selfie.MODELS)
-    for kind, (name, sha256) in selfie.MODELS.items():
+    for kind, (_name, sha256) in selfie.MODELS.items():
         assert selfie_weights.sha256_of(paths[kind]) == sha256
 
 
