@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "human_seg_dev"
-DEFAULT_SELFIE = ROOT.parent / "shared" / "models"
 
 
 def child(args):
@@ -111,7 +110,8 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with images/ and masks/")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photos (0 = all)")
-    parser.add_argument("--selfie-weights", type=Path, default=DEFAULT_SELFIE, help="folder with the selfie .tflite files")
+    parser.add_argument("--selfie-weights", default="",
+                        help="folder with the selfie engine's .tflite files (default: the weights cache, fetched from the mediapipe wheel)")
     parser.add_argument("--weights", default="", help="Mask R-CNN checkpoint (or set BGREMOVAL_REAL_WEIGHTS)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", help=argparse.SUPPRESS)

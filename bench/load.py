@@ -78,6 +78,10 @@ def main(args):
     from conftest import encode, make_photo, stand_in_state_dict
 
     photo = encode(make_photo(SIZES[args.size], seed=5), "JPEG", quality=90)
+    if args.photo:  # a real photo (people the selfie engine's pose models can find), resized
+        from PIL import Image
+
+        photo = encode(Image.open(args.photo).convert("RGB").resize(SIZES[args.size]), "JPEG", quality=90)
     with tempfile.TemporaryDirectory() as tmp:
         env = {"BGREMOVAL_MODEL": args.model, "BGREMOVAL_WEIGHTS_DIR": str(Path(tmp) / "cache"), "BGREMOVAL_QUEUE_TIMEOUT": str(args.queue_timeout)}
         if args.model == "maskrcnn":
@@ -170,6 +174,7 @@ def build_parser():
     parser.add_argument("--duration", type=float, default=600, help="stop after this many seconds")
     parser.add_argument("--warmup", type=int, default=5, help="requests before measuring")
     parser.add_argument("--queue-timeout", type=float, default=60, help="BGREMOVAL_QUEUE_TIMEOUT for the server")
+    parser.add_argument("--photo", help="send this photo (resized to --size) instead of a synthetic one")
     parser.add_argument("--selfie-weights", default=str(ROOT.parent / "shared" / "models"), help="folder with the selfie .tflite files")
     return parser
 

@@ -4,8 +4,10 @@ The selfie segmenter (``selfie_segmenter``) draws one mask around everyone; peop
 one blob. The pose detector (``pose_detector``) finds each person, and the landmark model
 (``pose_landmarks``) cuts out one person's own mask. Per photo:
 
-* candidates are the detected people (score >= PERSON_SCORE) plus any selfie blob that no detected
-  body covers (people the detector missed: close-ups, people cut by the frame edge);
+* candidates are the detected people (score >= PERSON_SCORE; ``min_score`` can only raise that)
+  plus any selfie blob that no detected body covers (people the detector missed: close-ups, people
+  cut by the frame edge), plus the part of a shared blob outside the detected people's own masks
+  (someone touching them whom the detector missed), which never outranks a detected person;
 * a person's place for the centre rule is their body box (see ``pose_detector.visible_bodies``),
   not the detector's face box;
 * the chosen person's mask: with one detected person seen close up (less than CLOSE_UP of their
@@ -25,10 +27,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .. import components
+from ..cpu import available_cpus
 from ..errors import ModelUnavailable
 from ..selection import centrality_scores
 from .base import Engine, PersonCandidates
-from ..cpu import available_cpus
 from .litert import LiteModel
 from .pose_detector import PoseDetector, body_boxes, visible_bodies
 from .pose_landmarks import PoseLandmarks, region_of
