@@ -134,7 +134,7 @@ class SelfieEngine(Engine):
         if self.detector is None:
             return blobs
         dets = self.detector.detect(work)
-        dets = dets.take(np.flatnonzero(dets.scores >= PERSON_SCORE))
+        dets = dets.take(np.flatnonzero((dets.scores >= PERSON_SCORE) & (dets.radii >= 1.0)))  # no 0-px bodies
         if not len(dets):
             return blobs
         return people_candidates(work, scale, image.size, dets, blobs, self.landmarks)
