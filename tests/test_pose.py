@@ -68,8 +68,7 @@ def test_crops_merge_by_hip_distance():
     ])
     merged = pd.merge(dets)
     np.testing.assert_allclose(sorted(merged.scores.tolist()), [0.8, 0.9], rtol=1e-6)
-    assert pd.crop_regions((400, 300), (None, 1.0, 0.5)) == [(0, 0, 400, 300), (50.0, 0.0, 350.0, 300.0), (125.0, 75.0, 275.0, 225.0)]
-    assert pd.crop_regions((400, 300)) == [(0, 0, 400, 300), (50.0, 0.0, 350.0, 300.0)]
+    assert pd.crop_regions((400, 300)) == [(0, 0, 400, 300), (50.0, 0.0, 350.0, 300.0), (125.0, 75.0, 275.0, 225.0)]
 
 
 def test_letterbox_maps_model_points_back_to_the_photo():
