@@ -55,7 +55,7 @@ class CutoutParams(BaseModel):
     model: Optional[Literal[ENGINE_NAMES]] = Field(
         None,
         **_doc(
-            "Engine: Mask R-CNN (default) or MediaPipe's selfie segmenter (portraits, small servers).",
+            "Engine: Mask R-CNN (default) or MediaPipe's selfie segmenter with its pose models (no torch; portraits, groups on small servers).",
             labels={"maskrcnn": "Mask R-CNN (scenes)", "selfie": "Selfie (portraits, fast)"},
         ),
     )
