@@ -180,7 +180,7 @@ def project_pipeline(checkpoint, args, overrides):
 
     def counting_detect(image):
         candidates = detect(image)
-        run.detections = int((candidates.scores >= float(config["MIN_SCORE"])).sum())
+        run.detections = len(candidates.scores)  # what the model returned, as len(out["scores"]) for (a)
         return candidates
 
     engine.detect = counting_detect
@@ -267,6 +267,8 @@ def main(args):
         return child(args)
     import torch
 
+    from app.cpu import cpu_has_native_bf16
+
     sizes = args.sizes.split(",")
     rows = ROWS if not args.rows else [ROWS[int(i)] for i in args.rows.split(",")]
     print(cpu_report())
@@ -287,8 +289,9 @@ def main(args):
                 for row in rows:
                     results.setdefault((row[0], size), []).append(measure(row, size, checkpoint, args))
     print(f"Load average at the end {os.getloadavg()[0]:.2f}\n")
-    print("| pipeline | photo | median latency | ratio to (a) | peak RSS increase | detections | subject coverage | bf16 used | model / paste / refine / encode (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    native = "yes" if cpu_has_native_bf16() else "no"
+    print("| pipeline | photo | CPU native bf16 | bf16 used | median latency | ratio to (a) | peak RSS increase | detections | subject coverage | model / paste / refine / encode (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     failures = []
     for size in sizes:
         base = None
@@ -298,13 +301,14 @@ def main(args):
             peak = statistics.median(r["peak_increase_mb"] for r in runs)
             r = runs[-1]
             base = base or (median, r["detections"])
-            if r["detections"] != base[1] or any(x["detections"] != r["detections"] for x in runs):
+            mismatch = r["detections"] != base[1] or any(x["detections"] != r["detections"] for x in runs)
+            if mismatch:
                 failures.append(f"{label} at {size} MP: {r['detections']} detections, the baseline {base[1]}")
             t = r["timings"]
             parts = " / ".join(f"{t[k]:.2f}" for k in ("model", "paste", "refine", "encode")) if t else ""
             print(
-                f"| {label} | {size} MP | {median:.2f} s | {base[0] / median:.2f}× | {peak:.0f} MB | {r['detections']} | "
-                f"{100 * r['coverage']:.1f} % | {'yes' if r['bf16'] else 'no'} | {parts} |",
+                f"| {label} | {size} MP | {native} | {'yes' if r['bf16'] else 'no'} | {median:.2f} s | {base[0] / median:.2f}× | {peak:.0f} MB | "
+                f"{r['detections']}{' MISMATCH' if mismatch else ''} | {100 * r['coverage']:.1f} % | {parts} |",
                 flush=True,
             )
     if failures:
