@@ -1,5 +1,6 @@
 """The OpenAPI document stays true to the code."""
 import io
+import socket
 
 from app import create_app
 from app.errors import ModelUnavailable
@@ -9,12 +10,20 @@ from app.pipeline import CutoutOptions
 from conftest import FakeEngine, encode, make_photo
 
 
+def closed_port():
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def unavailable(name, config):
     raise ModelUnavailable("no weights")
 
 
 def test_document_is_served_valid_and_matches_the_routes(app):
-    """The served document is valid, and documents exactly the app's API routes and their methods."""
+    """The served document is valid, and documents exactly the app's machine-facing routes and methods
+    (everything but the page, its static files and the document itself)."""
     from openapi_spec_validator import validate
 
     doc = app.test_client().get("/api/openapi.json").json
@@ -24,7 +33,7 @@ def test_document_is_served_valid_and_matches_the_routes(app):
     routes = {
         (rule.rule, method)
         for rule in app.url_map.iter_rules()
-        if rule.rule.startswith(("/api/", "/healthz", "/readyz")) and rule.rule != "/api/openapi.json"
+        if rule.endpoint != "static" and not rule.endpoint.startswith("web.") and rule.endpoint != "api.openapi"
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
     assert documented == routes
@@ -86,6 +95,18 @@ def test_every_listed_error_code_is_produced_and_every_produced_one_listed(app):
     nobody = create_app({"TESTING": True, "ENGINE_FACTORY": lambda name, config: FakeEngine(people=())})
     produced.add(code(nobody.test_client().post("/api/remove", data=photo)))
     produced.add(code(create_app({"TESTING": True, "ENGINE_FACTORY": unavailable}).test_client().post("/api/remove", data=photo)))
+    # remove.bg's endpoint: its type parameter, and image URLs (a private address is refused
+    # without connecting; an allowed address where nothing listens fails to download).
+    removebg = app.test_client()
+    produced.add(code(removebg.post("/v1.0/removebg", data={"image_file": (io.BytesIO(photo), "p.jpg"), "type": "animal"})))
+    produced.add(code(removebg.post("/v1.0/removebg", data={"image_url": "http://10.0.0.5/photo.jpg"})))
+    port = closed_port()
+    fetching = create_app({"TESTING": True, "FETCH_ALLOWED_ADDRESSES": f"127.0.0.1:{port}", "ENGINE_FACTORY": lambda name, config: FakeEngine()})
+    produced.add(code(fetching.test_client().post("/v1.0/removebg", data={"image_url": f"http://127.0.0.1:{port}/photo.jpg"})))
+    # A public server's refusals: no key, over the limit.
+    produced.add(code(create_app({"TESTING": True, "API_KEYS": "k"}).test_client().post("/api/remove", data=photo)))
+    limited = create_app({"TESTING": True, "RATE_LIMIT": "1/hour", "ENGINE_FACTORY": lambda name, config: FakeEngine()}).test_client()
+    produced.update(code(limited.post("/api/remove")) for _ in range(2))
     busy = create_app({"TESTING": True, "QUEUE_TIMEOUT": 0.01, "ENGINE_FACTORY": lambda name, config: FakeEngine()})
     slots = get_resource(busy).slots
     slots.acquire()  # the only inference slot is taken
