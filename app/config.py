@@ -87,6 +87,36 @@ DEFAULTS = {
     "FETCH_ALLOWED_ADDRESSES": "",
 }
 
+# The Telegram bot's settings: read from the config mapping first, then from the environment under
+# these very names (no BGREMOVAL_ prefix, as the README documents), then these defaults.
+TELEGRAM_DEFAULTS = {
+    # The token @BotFather gives; the bot is off without it.
+    "TELEGRAM_BOT_TOKEN": None,
+    # Compared with X-Telegram-Bot-Api-Secret-Token; without it the webhook refuses every post.
+    "TELEGRAM_WEBHOOK_SECRET": None,
+    "TELEGRAM_API_URL": "https://api.telegram.org",
+    # Photos waiting for a worker; beyond this the sender is told the bot is busy.
+    "TELEGRAM_QUEUE_SIZE": 8,
+    # Worker threads; inference is bounded by the model's slots (MAX_CONCURRENT) anyway.
+    "TELEGRAM_WORKERS": 1,
+    # Images one chat may send per minute; 0 turns the limit off.
+    "TELEGRAM_RATE_LIMIT": 10,
+    # Also send a small preview photo of the cutout on white (each chat can change it with /preview).
+    "TELEGRAM_PREVIEW": False,
+    # getFile's limit on api.telegram.org; raise it only with a local Bot API server.
+    "TELEGRAM_MAX_FILE_BYTES": 20 * 1024 * 1024,
+    # sendDocument's limit; bigger cutouts are scaled down to fit.
+    "TELEGRAM_MAX_UPLOAD_BYTES": 50 * 1024 * 1024,
+    # Seconds per Bot API request.
+    "TELEGRAM_HTTP_TIMEOUT": 30.0,
+    # Retries after 429/5xx/network errors, the first backoff (doubling), the longest retry_after honoured.
+    "TELEGRAM_RETRIES": 4,
+    "TELEGRAM_BACKOFF": 1.0,
+    "TELEGRAM_MAX_RETRY_AFTER": 60.0,
+    # getUpdates' long-polling timeout in `telegram poll`.
+    "TELEGRAM_POLL_TIMEOUT": 25,
+}
+
 
 def coerce(key, default, raw):
     """An environment string converted to the type of ``default``; ValueError names the key."""
@@ -113,3 +143,19 @@ def load_config(environ=None, overrides=None):
     if overrides:
         config.update({k: v for k, v in overrides.items() if k in DEFAULTS})
     return config
+
+
+def telegram_settings(config, environ=None):
+    """The TELEGRAM_* settings: ``config`` first, then the environment, then TELEGRAM_DEFAULTS."""
+    environ = os.environ if environ is None else environ
+    settings = {}
+    for key, default in TELEGRAM_DEFAULTS.items():
+        value = config.get(key)
+        if value is None or value == "":
+            value = environ.get(key)
+        if value is None or value == "":
+            value = default
+        elif isinstance(value, str):
+            value = coerce(key, default, value)
+        settings[key] = value
+    return settings

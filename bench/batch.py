@@ -36,7 +36,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from app.cpu import available_cpus
 from bench.datasets import human_seg_dir, models_dir
@@ -64,7 +63,7 @@ def engine_env(engine, tmp):
         env.update(BGREMOVAL_MODEL="selfie", BGREMOVAL_SELFIE_WEIGHTS=str(models_dir()))
     else:
         import torch
-        from conftest import stand_in_state_dict
+        from bench.synthetic import stand_in_state_dict
 
         checkpoint = Path(tmp) / "stand_in.pth"
         torch.save(stand_in_state_dict(box_scale=3.0), checkpoint)

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 from bench.datasets import human_seg_dir, models_dir  # noqa: E402  (after the path set-up)
 
@@ -52,7 +52,7 @@ def photo_at(path, megapixels):
 def engines(tmp, selfie_weights):
     """``{name: (engine, config)}`` for both engines, built through the app's own code."""
     import torch
-    from conftest import stand_in_state_dict
+    from bench.synthetic import stand_in_state_dict
 
     from app.config import load_config
     from app.engines import maskrcnn, selfie

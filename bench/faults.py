@@ -11,7 +11,7 @@ Faults (each against a fresh gunicorn; nothing leaves the loopback interface):
             and Retry-After, the worker stays up (no crash loop).
   sigterm   SIGTERM to the process group (what a PaaS sends) during a cutout: it finishes, then exit 0.
 
-The model is torchvision's Mask R-CNN with stand-in weights (tests/conftest.py's
+The model is torchvision's Mask R-CNN with stand-in weights (bench/synthetic.py's
 ``stand_in_state_dict``: random weights whose heads call every proposal a person), written to a
 temporary file unless ``--weights`` names one. Prints one line per fault, survived yes/no with
 numbers, and exits 1 if any fault was not survived.
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 from bench.procfile import free_port, procfile_command, start_web, stop, wait_ready
 
@@ -46,7 +46,7 @@ def make_stand_in_weights(folder):
     """The stand-in Mask R-CNN checkpoint, saved with torch.save (about 170 MB, ~10 s)."""
     import torch
 
-    from conftest import stand_in_state_dict
+    from bench.synthetic import stand_in_state_dict
 
     path = Path(folder) / "maskrcnn_stand_in.pth"
     torch.save(stand_in_state_dict(), path)
@@ -54,7 +54,7 @@ def make_stand_in_weights(folder):
 
 
 def photo_jpeg(size=(640, 480)):
-    from conftest import encode, make_photo
+    from bench.synthetic import encode, make_photo
 
     return encode(make_photo(size), "JPEG", quality=90)
 

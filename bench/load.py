@@ -20,7 +20,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from bench.procfile import start_web, stop
 
@@ -75,7 +74,7 @@ def slope(xs, ys):
 def main(args):
     """Start the server, warm up, load it, and print the report."""
     import torch  # only to make the stand-in checkpoint
-    from conftest import encode, make_photo, stand_in_state_dict
+    from bench.synthetic import encode, make_photo, stand_in_state_dict
 
     photo = encode(make_photo(SIZES[args.size], seed=5), "JPEG", quality=90)
     if args.photo:  # a real photo (people the selfie engine's pose models can find), resized

@@ -1,27 +1,43 @@
-"""Speed and memory: the original project's pipeline against this one, side by side, in one run.
+"""Speed and memory, like for like: the original project's pipeline against this one on the same subject.
 
-A benchmark, not a test: it prints a markdown table. Both pipelines load the same random-init
-Mask R-CNN checkpoint whose predictors call every proposal a person with a full-box mask and a
-score of 1, so both see exactly the same number of detections (score threshold 0, cap
-``--detections``) and neither gets cheaper because random weights detect nothing.
+A benchmark, not a test: it prints the machine's CPU flags and a markdown table. Both pipelines
+run torchvision's Mask R-CNN with the same random-weight stand-in, and the same subject:
 
-(a) original: torchvision defaults (800 px shorter side, 1000 RPN proposals), the full-resolution
-    photo turned into a tensor, every detection's mask pasted at full resolution by torchvision,
-    argmax score, 0.5-threshold mask multiplied into the photo, fp32, Pillow's default PNG.
-(b) this project: ``app.pipeline.remove_background`` at its defaults and at each speed setting.
+- **The same subject.** Hooks on the RPN and the box predictor (applied identically to both
+  models) put ``--detections`` designed boxes first among the RPN's proposals (relative to the
+  image the model sees, so the same place in the photo on either path) and give them the only
+  person scores, in a fixed order; the other proposals still run through the box head and are
+  scored as background. Box 0 is centred and covers ``--coverage`` of the photo (40 % by
+  default) with the highest score, so the original's argmax and this project's central-person
+  rule pick the same person; the other boxes are small, along the top edge. The mask head's
+  weights make each mask fill its box. Proposal counts, the backbone, the mask head and
+  postprocessing run as they would with real weights (random weights say nothing of quality).
+- **The same number of detections**, counted from each pipeline's own output and printed; a row
+  whose count differs from the original's fails loudly.
+- **The measured subject coverage** of each output (alpha ≥ 128), printed for both.
 
-Each (pipeline, setting, size) runs in a fresh subprocess so allocator state does not leak between
-rows. Peak RSS increase = the process's peak RSS while processing (VmHWM, reset through
-/proc/self/clear_refs after warm-up) minus its RSS when idle with the model loaded.
+(a) original: torchvision's defaults (800 px shorter side, 1000 proposals), fp32, the full
+    photo as a tensor, every detection's mask pasted at full size by torchvision, argmax score,
+    a hard (0.5-threshold) mask as alpha, RGBA PNG at Pillow's default level 6.
+(b) this project: ``app.pipeline.remove_background`` (512 px model input, 250 proposals, bf16 on
+    CPUs with native bf16, only the chosen mask pasted, soft refined alpha, RGBA PNG level 1).
 
-    python bench/speed.py                # everything (a few minutes on 2 cores)
-    python bench/speed.py --sizes 2 --runs 3
+Each (row, size) runs in a fresh subprocess; rows are measured in interleaved rounds so a load
+spike hits both pipelines alike. Peak RSS increase = peak RSS while processing (VmHWM, reset after
+warm-up) minus idle RSS with the model loaded.
+
+    python bench/speed.py                          # 2 and 12 MP, 3 rounds (see README for duration)
+    python bench/speed.py --sizes 0.3 --runs 1 --rounds 1  # smoke test
+
+Adding a row: append to ``ROWS`` (a label, a pipeline name from ``PIPELINES`` and config
+overrides); another runtime adds its builder to ``PIPELINES``.
 """
 import argparse
 import io
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -31,21 +47,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 SIZES = {"0.3": (640, 480), "2": (1632, 1224), "12": (4000, 3000)}
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
-# (label, config overrides) for this project's pipeline; the first row is the defaults.
-SETTINGS = [
-    ("defaults", {}),
-    ("refine=none", {"REFINE": "none"}),
-    ("bf16=off", {"BF16": "off"}),
-    ("channels_last=off", {"CHANNELS_LAST": False}),
-    ("min_size=800 (torchvision's)", {"MODEL_MIN_SIZE": 800, "MODEL_MAX_SIZE": 1333}),
-    ("min_size=384", {"MODEL_MIN_SIZE": 384, "MODEL_MAX_SIZE": 576}),
-    ("rpn_top_n=1000", {"RPN_TOP_N": 1000}),
-    ("png_level=6", {"PNG_COMPRESS_LEVEL": 6}),
+# The rows: (label, pipeline, config overrides). The first row is the baseline of the ratios.
+ROWS = [
+    ("(a) original: torchvision defaults, fp32", "original", {}),
+    ("(b) this project: defaults (BF16=auto)", "project", {}),
+    ("(b) this project: BGREMOVAL_BF16=off", "project", {"BF16": "off"}),
+    ("(b) this project: PNG level 6, refine=none", "project", {"PNG_COMPRESS_LEVEL": 6, "REFINE": "none"}),
 ]
+OUTPUT_KINDS = {
+    "original": "RGBA PNG level 6, hard 0/255 alpha (mask > 0.5), every mask pasted at full size",
+    "project": "RGBA PNG (level per row), soft refined alpha, transparent pixels cleared, only the chosen mask pasted",
+}
 
 
 def status_mb(field):
@@ -73,18 +89,66 @@ def reset_peak_rss():
         f.write("5")
 
 
-def original_pipeline(checkpoint, detections, threads):
-    """The original project's way: torchvision's model call and postprocess, argmax, hard mask."""
+def designed_boxes(detections, coverage):
+    """Relative ``[x1, y1, x2, y2]`` boxes: a centred subject covering ``coverage``, then small ones along the top."""
+    side = coverage**0.5
+    boxes = [((1 - side) / 2, (1 - side) / 2, (1 + side) / 2, (1 + side) / 2)]
+    top = (1 - side) / 2
+    for i in range(detections - 1):
+        x = 0.01 + i * (0.98 / max(detections - 1, 1))
+        boxes.append((x, 0.0, x + 0.8 * 0.98 / max(detections - 1, 1), min(0.9 * top, 0.15)))
+    return boxes
+
+
+def fix_subject(model, detections, coverage):
+    """Hooks that make ``model`` (torchvision's or the engine's) detect the designed people."""
+    import torch
+
+    relative = torch.tensor(designed_boxes(detections, coverage), dtype=torch.float32)
+
+    def proposals_hook(module, args, output):
+        images = args[0]
+        height, width = images.image_sizes[0]
+        proposals = output[0][0].clone()
+        proposals[:detections] = relative * torch.tensor([width, height, width, height], dtype=torch.float32)
+        return [proposals], output[1]
+
+    def predictor_hook(module, args, output):
+        logits, regression = output
+        logits = torch.full_like(logits, -10.0)
+        logits[:, 0] = 10.0  # background for every proposal ...
+        logits[:detections, 0] = -10.0  # ... but the designed ones: people, in a fixed score order
+        logits[:detections, 1] = 10.0 - torch.arange(detections, dtype=logits.dtype) * 0.5
+        return logits, torch.zeros_like(regression)
+
+    model.rpn.register_forward_hook(proposals_hook)
+    model.roi_heads.box_predictor.register_forward_hook(predictor_hook)
+
+
+def alpha_coverage(png):
+    """Share of pixels with alpha >= 128 in an encoded RGBA image."""
+    import numpy as np
+    from PIL import Image
+
+    alpha = np.asarray(Image.open(io.BytesIO(png)).getchannel("A"))
+    return float((alpha >= 128).mean())
+
+
+def original_pipeline(checkpoint, args, overrides):
+    """The original project's way: torchvision's model call and postprocess, argmax, hard mask, PNG level 6."""
     import numpy as np
     import torch
     from PIL import Image
     from torchvision.models.detection import maskrcnn_resnet50_fpn
     from torchvision.transforms.functional import to_tensor
 
-    torch.set_num_threads(threads)
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0, box_detections_per_img=detections)
+    from app.cpu import available_cpus
+
+    torch.set_num_threads(available_cpus())
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     model.eval()
+    fix_subject(model, args.detections, args.coverage)
 
     def run(data):
         image = Image.open(io.BytesIO(data)).convert("RGB")
@@ -94,47 +158,51 @@ def original_pipeline(checkpoint, detections, threads):
         mask = (out["masks"][best, 0] > 0.5).numpy()
         rgba = np.dstack([np.asarray(image), (mask * 255).astype(np.uint8)])
         buf = io.BytesIO()
-        Image.fromarray(rgba, "RGBA").save(buf, "PNG")
-        return len(out["scores"])
+        Image.fromarray(rgba, "RGBA").save(buf, "PNG")  # Pillow's default compress_level is 6
+        run.detections = len(out["scores"])
+        run.output = buf.getvalue()
 
+    run.bf16 = False
     return run
 
 
-def project_pipeline(checkpoint, detections, overrides):
-    """This project's pipeline with config ``overrides``."""
+def project_pipeline(checkpoint, args, overrides):
+    """This project's pipeline with config ``overrides``, counting the detections its engine returns."""
     from app.config import load_config
     from app.engines.maskrcnn import build_engine
-    from app.pipeline import CutoutOptions, remove_background
+    from app.pipeline import remove_background
+    from app.params import CutoutOptions
 
-    config = load_config(
-        environ={},
-        overrides={"WEIGHTS": checkpoint, "DETECTIONS_PER_IMAGE": detections, "MIN_SCORE": 0.0, **overrides},
-    )
+    config = load_config(environ={}, overrides={"WEIGHTS": checkpoint, **overrides})
     engine = build_engine(config)
+    fix_subject(engine.model, args.detections, args.coverage)
+    detect = engine.detect
+
+    def counting_detect(image):
+        candidates = detect(image)
+        run.detections = len(candidates.scores)  # what the model returned, as len(out["scores"]) for (a)
+        return candidates
+
+    engine.detect = counting_detect
 
     def run(data):
         cutout = remove_background(data, engine, CutoutOptions(), config)
         run.timings = cutout.timings
-        run.coverage = cutout.foreground[2] * cutout.foreground[3] / (cutout.width * cutout.height)
-        return detections
+        run.output = cutout.data
 
-    run.timings = {}
+    run.bf16 = engine.bf16
     return run
 
 
+PIPELINES = {"original": original_pipeline, "project": project_pipeline}
+
+
 def child(args):
-    """Measure one (pipeline, setting, size) in this process; print one JSON line."""
-    from conftest import encode, make_photo
+    """Measure one (row, size) in this process; print one JSON line."""
+    from bench.synthetic import encode, make_photo
 
-    from app.engines.maskrcnn import available_cpus
-
-    size = SIZES[args.size]
-    data = encode(make_photo(size, seed=3), "JPEG", quality=92)
-    threads = available_cpus()
-    if args.pipeline == "original":
-        run = original_pipeline(args.checkpoint, args.detections, threads)
-    else:
-        run = project_pipeline(args.checkpoint, args.detections, json.loads(args.overrides))
+    data = encode(make_photo(SIZES[args.size], seed=3), "JPEG", quality=92)
+    run = PIPELINES[args.pipeline](args.checkpoint, args, json.loads(args.overrides))
     run(data)  # warm-up: oneDNN primitives, allocator pools
     idle = rss_mb()
     reset_peak_rss()
@@ -146,133 +214,118 @@ def child(args):
     result = {
         "median_s": statistics.median(times),
         "peak_increase_mb": peak_rss_mb() - idle,
-        "idle_mb": idle,
         "timings": {k: round(v, 4) for k, v in getattr(run, "timings", {}).items()},
-        "coverage": getattr(run, "coverage", None),
+        "detections": run.detections,
+        "coverage": alpha_coverage(run.output),
+        "bf16": bool(run.bf16),
     }
     print("RESULT " + json.dumps(result))
 
 
-def measure(pipeline, size, checkpoint, args, overrides=None):
-    """Run ``child`` in a fresh interpreter and return its result dict."""
+def measure(row, size, checkpoint, args):
+    """Run ``child`` for one row in a fresh interpreter and return its result dict."""
+    _, pipeline, overrides = row
     cmd = [
         sys.executable, __file__, "--child", "--pipeline", pipeline, "--size", size, "--checkpoint", checkpoint,
-        "--runs", str(args.runs if not (pipeline == "original" and size == "12") else max(1, min(args.runs, 2))),
-        "--detections", str(args.detections), "--overrides", json.dumps(overrides or {}),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        "--runs", str(args.runs), "--detections", str(args.detections), "--coverage", str(args.coverage),
+        "--overrides", json.dumps(overrides),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BGREMOVAL_")}
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)})
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    raise RuntimeError(f"{pipeline} {size}: {out.stderr[-2000:]}")
+    raise RuntimeError(f"{row[0]} at {size} MP failed:\n{out.stderr[-3000:]}")
 
 
 def make_checkpoint(path):
-    """Save the stand-in checkpoint (random weights; every proposal a confident person)."""
+    """Save the stand-in checkpoint: random weights, every mask filling its box (scores come from the hooks)."""
     import torch
-    from conftest import stand_in_state_dict
+
+    from bench.synthetic import stand_in_state_dict
 
     torch.save(stand_in_state_dict(seed=0), path)
 
 
-def machine():
-    """One line describing this machine."""
-    from app.engines.maskrcnn import available_cpus, cpu_has_native_bf16
+def cpu_report():
+    """The CPU model and its relevant flags, from /proc/cpuinfo."""
+    from app.cpu import available_cpus, cpu_has_native_bf16
 
-    model = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return f"{model}; {available_cpus()} usable CPUs; native bf16: {cpu_has_native_bf16()}; torch {torch.__version__}; Python {platform.python_version()}"
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+    flags = set(re.search(r"^flags\s*:\s*(.*)$", text, re.M).group(1).split()) if "flags" in text else set()
+    present = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS)
+    return (
+        f"CPU: {model.group(1).strip() if model else platform.processor() or '?'}; {available_cpus()} usable CPUs; "
+        f"flags: {present}; native bf16 (what BF16=auto uses): {'yes' if cpu_has_native_bf16() else 'no'}"
+    )
 
 
 def main(args):
-    """Run every row and print the table."""
+    """Run every row at every size, in interleaved rounds, and print the table."""
     if args.child:
         return child(args)
+    import torch
+
+    from app.cpu import cpu_has_native_bf16
+
     sizes = args.sizes.split(",")
+    rows = ROWS if not args.rows else [ROWS[int(i)] for i in args.rows.split(",")]
+    print(cpu_report())
+    print(f"torch {torch.__version__}; Python {platform.python_version()}; load average at start {os.getloadavg()[0]:.2f}")
+    print(
+        f"Subject: a centred box covering {args.coverage:.0%} of the photo, plus {args.detections - 1} small people "
+        f"({args.detections} detections); {args.runs} timed runs after a warm-up per process; {args.rounds} interleaved rounds (median)."
+    )
+    for kind, text in OUTPUT_KINDS.items():
+        print(f"Output of {kind}: {text}.")
+    print()
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = str(Path(tmp) / "stand_in.pth")
         make_checkpoint(checkpoint)
-        print(f"Machine: {machine()}")
-        print(f"Detections per image forced to {args.detections} for both pipelines; {args.runs} timed runs after one warm-up.\n")
-        original = {size: measure("original", size, checkpoint, args) for size in sizes}
-        print("| pipeline | setting | photo | median latency | peak RSS increase | speed-up vs (a) | RSS vs (a) | model / paste / refine / encode (s) | subject box |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for size in sizes:
-            o = original[size]
-            print(f"| (a) original | torchvision defaults | {size} MP | {o['median_s']:.2f} s | {o['peak_increase_mb']:.0f} MB | 1.0× | 100 % | | |")
-        settings = SETTINGS if not args.defaults_only else SETTINGS[:1]
-        for label, overrides in settings:
+        for _ in range(args.rounds):
             for size in sizes:
-                r = measure("project", size, checkpoint, args, overrides)
-                o = original[size]
-                t = r["timings"]
-                parts = " / ".join(f"{t.get(k, 0):.2f}" for k in ("model", "paste", "refine", "encode"))
-                print(
-                    f"| (b) this project | {label} | {size} MP | {r['median_s']:.2f} s | {r['peak_increase_mb']:.0f} MB | "
-                    f"{o['median_s'] / r['median_s']:.1f}× | {100 * r['peak_increase_mb'] / max(o['peak_increase_mb'], 1):.0f} % | {parts} | {100 * r['coverage']:.0f} % |",
-                    flush=True,
-                )
-        if not args.defaults_only:
-            print()
-            stages(sizes)
-    return 0
-
-
-def stages(sizes, coverage=0.5):
-    """After the model: paste, refine, composite and encode for a subject covering half the frame.
-
-    The stand-in's chosen box is whatever random proposal is most central, often a thin sliver,
-    which makes these stages look cheaper than on a real portrait; this measures them on an
-    ellipse covering ``coverage`` of the photo, as a person in a portrait does.
-    """
-    import numpy as np
-    from conftest import make_photo
-
-    from app import compose, imaging
-    from app.engines.maskrcnn import paste_mask
-    from app.refine import refine_alpha
-
-    yy, xx = np.mgrid[0:28, 0:28]
-    mask28 = (((xx - 13.5) / 14) ** 2 + ((yy - 13.5) / 14) ** 2 <= 1).astype(np.float32)
-    print(f"Stages after the model, subject box covering {100 * coverage:.0f} % of the photo (median of 3, seconds):\n")
-    print("| photo | paste | refine | composite | encode (PNG) | total |")
-    print("|---|---|---|---|---|---|")
+                for row in rows:
+                    results.setdefault((row[0], size), []).append(measure(row, size, checkpoint, args))
+    print(f"Load average at the end {os.getloadavg()[0]:.2f}\n")
+    native = "yes" if cpu_has_native_bf16() else "no"
+    print("| pipeline | photo | CPU native bf16 | bf16 used | median latency | ratio to (a) | peak RSS increase | detections | subject coverage | model / paste / refine / encode (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    failures = []
     for size in sizes:
-        w, h = SIZES[size]
-        image = make_photo((w, h), seed=4)
-        side = coverage**0.5
-        box = (w * (1 - side) / 2, h * (1 - side) / 2, w * (1 + side) / 2, h * (1 + side) / 2)
-        rows = []
-        for _ in range(3):
-            t = [time.perf_counter()]
-            soft = paste_mask(mask28, box, (w, h))
-            t.append(time.perf_counter())
-            soft = refine_alpha(image, soft)
-            t.append(time.perf_counter())
-            out = compose.composite(image, compose.to_alpha8(soft))
-            t.append(time.perf_counter())
-            imaging.encode_image(out, "png")
-            t.append(time.perf_counter())
-            rows.append([b - a for a, b in zip(t, t[1:])])
-        med = [statistics.median(col) for col in zip(*rows)]
-        print(f"| {size} MP | " + " | ".join(f"{v:.3f}" for v in med) + f" | {sum(med):.3f} |")
+        base = None
+        for label, _, _ in rows:
+            runs = results[(label, size)]
+            median = statistics.median(r["median_s"] for r in runs)
+            peak = statistics.median(r["peak_increase_mb"] for r in runs)
+            r = runs[-1]
+            base = base or (median, r["detections"])
+            mismatch = r["detections"] != base[1] or any(x["detections"] != r["detections"] for x in runs)
+            if mismatch:
+                failures.append(f"{label} at {size} MP: {r['detections']} detections, the baseline {base[1]}")
+            t = r["timings"]
+            parts = " / ".join(f"{t[k]:.2f}" for k in ("model", "paste", "refine", "encode")) if t else ""
+            print(
+                f"| {label} | {size} MP | {native} | {'yes' if r['bf16'] else 'no'} | {median:.2f} s | {base[0] / median:.2f}× | {peak:.0f} MB | "
+                f"{r['detections']}{' MISMATCH' if mismatch else ''} | {100 * r['coverage']:.1f} % | {parts} |",
+                flush=True,
+            )
+    if failures:
+        print("\nNOT LIKE FOR LIKE: " + "; ".join(failures), file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser():
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="0.3,2,12", help="photo sizes in MP, from 0.3, 2, 12 (comma-separated)")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per row (after one warm-up)")
-    parser.add_argument("--detections", type=int, default=10, help="detections per image, forced for both pipelines")
-    parser.add_argument("--defaults-only", action="store_true", help="only this project's defaults, not every setting")
+    parser.add_argument("--sizes", default="2,12", help="photo sizes in MP, from 0.3, 2, 12 (comma-separated)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per process (after one warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all rows (median of the rounds)")
+    parser.add_argument("--rows", default="", help="row indices of ROWS to run (comma-separated; default all)")
+    parser.add_argument("--detections", type=int, default=10, help="people detected per photo, the same for both pipelines")
+    parser.add_argument("--coverage", type=float, default=0.40, help="share of the photo the chosen person's box covers")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pipeline", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)

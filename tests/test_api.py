@@ -67,10 +67,8 @@ def test_json_response(client, photo_jpeg):
         ({"format": "jpg"}, lambda img: img.format == "JPEG"),
         ({"format": "webp"}, lambda img: img.format == "WEBP" and img.mode == "RGBA"),
         ({"channels": "alpha"}, lambda img: img.mode == "L"),
-        ({"mode": "all"}, lambda img: img.mode == "RGBA"),
         ({"crop": "true", "crop_margin": "5"}, lambda img: img.size[0] < 320),
         ({"max_size": "100"}, lambda img: img.size == (100, 75)),
-        ({"bg_color": "blur"}, lambda img: img.mode == "RGB"),
     ],
 )
 def test_parameters_as_form_fields_and_query(client, photo_jpeg, params, check):
@@ -81,6 +79,42 @@ def test_parameters_as_form_fields_and_query(client, photo_jpeg, params, check):
     response = client.post(f"/api/remove?{query}", data=photo_jpeg, content_type="image/jpeg")
     assert response.status_code == 200
     assert check(open_png(response))
+
+
+TWO = ((0.05, 0.2, 0.3, 0.9, 0.9), (0.4, 0.1, 0.6, 0.9, 0.95))  # a left person and a central one
+
+
+@pytest.mark.parametrize("where", ["form", "query"])
+def test_mode_all_keeps_every_person_and_central_only_one(photo_jpeg, where):
+    app = create_app({"TESTING": True, "ENGINE_FACTORY": lambda name, config: FakeEngine(TWO)})
+    client = app.test_client()
+
+    def alpha(mode):
+        if where == "form":
+            response = post_file(client, photo_jpeg, mode=mode)
+        else:
+            response = client.post(f"/api/remove?mode={mode}", data=photo_jpeg)
+        assert response.status_code == 200, response.json
+        return np.asarray(open_png(response))[..., 3]
+
+    left, centre = (120, 40), (120, 160)  # (row, column) inside each person's ellipse
+    everyone, central = alpha("all"), alpha("central")
+    assert everyone[left] == 255 and everyone[centre] == 255
+    assert central[left] == 0 and central[centre] == 255
+
+
+def test_bg_color_blur_blurs_only_the_background(client, photo_jpeg):
+    cut = np.asarray(open_png(post_file(client, photo_jpeg)))
+    response = post_file(client, photo_jpeg, bg_color="blur")
+    assert response.status_code == 200
+    out = np.asarray(open_png(response)).astype(float)
+    assert out.shape == (240, 320, 3)
+    original = np.asarray(Image.open(io.BytesIO(photo_jpeg)).convert("RGB")).astype(float)
+    person, background = cut[..., 3] == 255, cut[..., 3] == 0
+    assert np.abs(out[person] - original[person]).max() <= 1
+    rows = background.all(axis=1)
+    # make_photo's background is noisy: blurred, neighbouring pixels differ far less.
+    assert np.abs(np.diff(out[rows], axis=1)).mean() < np.abs(np.diff(original[rows], axis=1)).mean() / 4
 
 
 def test_bg_image_file(client, photo_jpeg):

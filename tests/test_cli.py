@@ -76,6 +76,13 @@ def test_options_mask_colour_and_format(tmp_path, weights_env):
     bg = tmp_path / "bg.png"
     Image.new("RGB", (10, 10), (0, 255, 0)).save(bg)
     assert main(["remove", str(photo), "--bg-image", str(bg), "-o", str(tmp_path / "bgimg.png")]) == 0
+    # The background image (scaled to cover) shows where the mask is empty; the photo where it is full.
+    with_bg = np.asarray(Image.open(tmp_path / "bgimg.png"))
+    mask = np.asarray(Image.open(tmp_path / "mask.png"))
+    assert with_bg.shape == (240, 320, 3) and (mask == 0).any() and (mask == 255).any()
+    assert (with_bg[mask == 0] == (0, 255, 0)).all()
+    original = np.asarray(Image.open(photo).convert("RGB")).astype(int)
+    assert np.abs(with_bg[mask == 255].astype(int) - original[mask == 255]).max() <= 1
 
 
 def test_all_succeed_exits_zero_and_missing_file_fails(tmp_path, weights_env, capsys):

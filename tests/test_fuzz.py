@@ -6,6 +6,7 @@ strategy) and derandomized so the suite is reproducible; ``FUZZ_RANDOM=1`` explo
 """
 import io
 import os
+import re
 import struct
 import zlib
 from urllib.parse import quote
@@ -116,27 +117,37 @@ def test_an_unknown_refine_method_is_a_400():
     assert response.status_code == 400 and response.get_json()["errors"][0]["code"] == "invalid_parameter"
 
 
-def test_schema_patterns_match_what_the_api_accepts():
+# Values the documented pattern accepts must be accepted by the API, and those it rejects must be
+# rejected (a few lenient spellings the API also takes, such as " 20" or "1e3", are left out).
+PATTERN_CASES = [
+    ("crop_margin", value, True) for value in ("0", "20", "20px", "10000", "10000px", "0%", "10%", "99.5%", "100%", "100.0%", "12.5")
+] + [
+    ("crop_margin", value, False) for value in ("101%", "250%", "10001", "99999px", "-5", "abc", "%")
+] + [
+    ("bg_color", value, True) for value in ("fff", "#fff", "81d4fa", "#81d4fa", "81d4fa80", "white", "transparent", "blur", "none")
+] + [
+    ("bg_color", value, False) for value in ("ggg", "12345", "#1234567", "fffff", "purple")
+]
+
+
+@pytest.mark.parametrize("name,value,valid", PATTERN_CASES, ids=[f"{n}={v}" for n, v, _ in PATTERN_CASES])
+def test_schema_patterns_match_what_the_api_accepts(name, value, valid):
     from app.openapi import PARAMETERS
 
-    assert "pattern" in PARAMETERS["bg_color"] and "pattern" in PARAMETERS["crop_margin"]
+    assert bool(re.search(PARAMETERS[name]["pattern"], value)) is valid
+    extra = "&crop=true" if name == "crop_margin" else ""
+    response = _app().test_client().post(f"/api/remove?{name}={quote(value)}{extra}", data=PHOTO, content_type="image/jpeg")
+    assert response.status_code == (200 if valid else 400), response.get_json()
 
 
-@pytest.mark.parametrize("margin", ["101%", "250%", "10001", "99999px"])
-def test_crop_margin_pattern_matches_the_accepted_range(margin):
-    import re
-
+def test_schema_lists_the_refine_methods_the_api_runs():
     from app.openapi import PARAMETERS
+    from app.refine import REFINE_METHODS
 
-    if re.search(PARAMETERS["crop_margin"]["pattern"], margin):
-        response = _app().test_client().post(f"/api/remove?crop=true&crop_margin={quote(margin)}", data=PHOTO, content_type="image/jpeg")
-        assert response.status_code == 200, response.get_json()
-
-
-def test_schema_lists_the_refine_methods():
-    from app.openapi import PARAMETERS
-
-    assert "enum" in PARAMETERS["refine"]
+    assert sorted(PARAMETERS["refine"]["enum"]) == sorted(REFINE_METHODS)
+    client = _app().test_client()
+    for method in PARAMETERS["refine"]["enum"]:
+        assert client.post(f"/api/remove?refine={method}", data=PHOTO, content_type="image/jpeg").status_code == 200
 
 
 # --- decode_image against random and mutated bytes ------------------------------------------------------

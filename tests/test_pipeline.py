@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.config import load_config
 from app.errors import InvalidParameter, NoPersonFound
 from app.pipeline import CutoutOptions, remove_background
 from conftest import FakeEngine, encode, make_photo
@@ -71,11 +72,27 @@ def test_bg_image():
     assert img.mode == "RGB" and img.getpixel((2, 2)) == (0, 255, 0)
 
 
+def roughness(pixels):
+    """Mean absolute difference between horizontal neighbours: high for make_photo's noisy texture."""
+    pixels = pixels.astype(float)
+    return np.abs(np.diff(pixels, axis=1)).mean()
+
+
 def test_blur_background():
+    _, cut = run()
+    alpha = np.asarray(cut)[..., 3]
     _, img = run({"bg_color": "blur"})
     assert img.mode == "RGB" and img.size == (320, 240)
+    out = np.asarray(img)
+    original = np.asarray(make_photo((320, 240)))
+    background = alpha == 0
+    # The person is the photo itself; behind them, the photo blurred: same colours, no texture.
+    assert (out[alpha == 255] == original[alpha == 255]).all()
+    rows = background.all(axis=1)  # whole rows of background (above the head, below the feet)
+    assert roughness(out[rows]) < roughness(original[rows]) / 4
+    assert np.abs(out[background].mean(axis=0) - original[background].mean(axis=0)).max() < 10
     _, img2 = run({"bg_blur": "true"})
-    assert np.array_equal(np.asarray(img), np.asarray(img2))
+    assert np.array_equal(out, np.asarray(img2))
 
 
 def test_crop_and_margin():
@@ -172,3 +189,19 @@ def test_the_pipeline_refines_edges_by_default():
         alpha = np.asarray(Image.open(io.BytesIO(cutout.data))).astype(float) / 255
         errors[refine] = np.abs(alpha - truth).mean()
     assert errors["guided"] < 0.7 * errors["none"], errors
+
+
+def test_the_apps_default_config_refines():
+    """With no REFINE setting and no request parameter the app refines: guided, not the coarse mask."""
+    photo = make_photo((480, 360))
+    arr = np.asarray(photo).astype(int)
+    truth = (np.abs(arr - np.array([230, 190, 160])).sum(-1) < 60) | (np.abs(arr - np.array([40, 60, 160])).sum(-1) < 60)
+    data = encode(photo, "PNG")
+
+    def alpha(config):
+        cutout = remove_background(data, CoarseFigureEngine(truth), CutoutOptions.from_params({"channels": "alpha"}, config), config)
+        return np.asarray(Image.open(io.BytesIO(cutout.data)))
+
+    defaults = load_config(environ={})
+    assert np.array_equal(alpha(defaults), alpha({**defaults, "REFINE": "guided"}))
+    assert not np.array_equal(alpha(defaults), alpha({**defaults, "REFINE": "none"}))

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from app import refine
 from app.errors import InvalidParameter
-from app.refine import REFINE_METHODS, refine_alpha, refine_file
+from app.refine import refine_alpha, refine_file
 
 # Refined band error must be at most this fraction of the coarse one (i.e. >= 40% lower).
 # Measured on these scenes: 0.11 (fingers) to 0.47 (hair).
@@ -122,9 +122,12 @@ def test_guided_moves_the_edge_between_fingers():
     assert iou(refined, alpha) >= iou(coarse, alpha) + 0.01
 
 
-def test_default_method_is_the_first_listed_and_guided():
-    assert refine.DEFAULT_METHOD == REFINE_METHODS[0] == "guided"
-    assert "none" in REFINE_METHODS
+def test_without_a_method_refine_alpha_refines():
+    # The default is the guided filter: the same result as asking for it, not the coarse mask back.
+    photo, _, coarse = make_scene("fingers")
+    default = refine_alpha(photo, coarse)
+    assert np.array_equal(default, refine_alpha(photo, coarse, method="guided"))
+    assert np.abs(default - refine_alpha(photo, coarse, method="none")).max() > 0.2
 
 
 @pytest.mark.parametrize(

@@ -30,11 +30,11 @@ def test_vertical_centre_uses_y2_not_x2():
     boxes = np.array([[400, 100, 600, 300], [650, 400, 850, 600]], dtype=float)
     scores, areas = np.array([1.0, 1.0]), np.array([40_000.0, 40_000.0])
     assert select_central_person(scores, areas, boxes, size) == 1
-    # The buggy centre: cy = (y1 + x2) / 2 -> A: (400 + 900) / 2 = 650, B: (600 + 600) / 2 = 600.
+    # Boxes whose y2 holds x2 (what the bug read) must flip the function's answer to A: so the
+    # answer above comes from y2, and a function reading x2 for the vertical centre fails here.
     buggy = boxes.copy()
-    buggy[:, 3] = boxes[:, 2]  # y2 := x2, what the bug computed
-    buggy_d = box_centre_distances(buggy, size)
-    assert int(np.argmax(areas / buggy_d**4)) == 0  # the bug would pick A
+    buggy[:, 3] = boxes[:, 2]
+    assert select_central_person(scores, areas, buggy, size) == 0
 
 
 def test_near_tie_is_decided_by_the_rule_not_by_order():

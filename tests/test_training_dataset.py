@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import testing
+import coco_fixtures
 from training.coco import CocoIndex
 from training.dataset import CentralPersonDataset
 from training.subset import select_subset
@@ -12,7 +12,7 @@ from training.subset import select_subset
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("coco")
-    ann, images = testing.make_split(root, "val2014", testing.mixed_specs(), seed=4)
+    ann, images = coco_fixtures.make_split(root, "val2014", coco_fixtures.mixed_specs(), seed=4)
     index = CocoIndex.load(ann)
     return index, select_subset(index), images
 
@@ -80,10 +80,10 @@ def test_rows_missing_from_the_annotations_are_refused(synthetic):
         CentralPersonDataset(index, [{"image_id": 999, "ann_id": 1, "area_fraction": 0.5}], images)
 
 
-@pytest.mark.skipif(not (testing.SHARED_SAMPLE / "instances.json").exists(), reason=f"shared COCO sample not found at {testing.SHARED_SAMPLE}")
+@pytest.mark.skipif(not (coco_fixtures.SHARED_SAMPLE / "instances.json").exists(), reason=f"shared COCO sample not found at {coco_fixtures.SHARED_SAMPLE}")
 def test_real_sample_polygons_decode_to_their_area():
-    index = CocoIndex.load(testing.SHARED_SAMPLE / "instances.json")
-    dataset = CentralPersonDataset(index, select_subset(index), testing.SHARED_SAMPLE / "images")
+    index = CocoIndex.load(coco_fixtures.SHARED_SAMPLE / "instances.json")
+    dataset = CentralPersonDataset(index, select_subset(index), coco_fixtures.SHARED_SAMPLE / "images")
     for i in range(len(dataset)):
         image, target = dataset[i]
         ann = index.anns[target["ann_id"]]

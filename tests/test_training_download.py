@@ -4,7 +4,7 @@ import zipfile
 
 import pytest
 
-from training import testing
+import coco_fixtures
 from training.__main__ import main as cli
 from training.download import FILES
 
@@ -13,7 +13,7 @@ from training.download import FILES
 def mirror(tmp_path_factory):
     """Tiny COCO-shaped zips: 2 train images, 1 val image, their annotations."""
     root = tmp_path_factory.mktemp("mirror")
-    return testing.make_mirror(root, testing.central_specs(2, seed=5), testing.central_specs(1, seed=6))
+    return coco_fixtures.make_mirror(root, coco_fixtures.central_specs(2, seed=5), coco_fixtures.central_specs(1, seed=6))
 
 
 def download(base_url, root, *extra):
@@ -21,7 +21,7 @@ def download(base_url, root, *extra):
 
 
 def test_downloads_verifies_and_extracts_coco_layout(mirror, tmp_path, capsys):
-    with testing.serve_directory(mirror) as (base_url, handler):
+    with coco_fixtures.serve_directory(mirror) as (base_url, handler):
         download(base_url, tmp_path)
         assert sorted(p.name for p in (tmp_path / "train2014").iterdir()) == ["syn_00001.jpg", "syn_00002.jpg"]
         assert [p.name for p in (tmp_path / "val2014").iterdir()] == ["syn_01000.jpg"]
@@ -42,7 +42,7 @@ def test_resumes_a_partial_download_with_range(mirror, tmp_path):
     part = tmp_path / "downloads" / "train2014.zip.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(full[: len(full) // 2])
-    with testing.serve_directory(mirror) as (base_url, handler):
+    with coco_fixtures.serve_directory(mirror) as (base_url, handler):
         download(base_url, tmp_path, "--only", "train2014")
         assert handler.ranges_seen == [f"bytes={len(full) // 2}-"]
     assert (tmp_path / "downloads" / "train2014.zip").read_bytes() == full
@@ -52,12 +52,12 @@ def test_resumes_a_partial_download_with_range(mirror, tmp_path):
 
 def test_a_dropped_connection_fails_then_resumes(mirror, tmp_path):
     full = (mirror / FILES["val2014"]).read_bytes()
-    with testing.serve_directory(mirror, truncate_after=1000) as (base_url, _):
+    with coco_fixtures.serve_directory(mirror, truncate_after=1000) as (base_url, _):
         with pytest.raises(SystemExit, match="connection closed early"):
             download(base_url, tmp_path, "--only", "val2014")
     part = tmp_path / "downloads" / "val2014.zip.part"
     assert part.stat().st_size == 1000
-    with testing.serve_directory(mirror) as (base_url, handler):
+    with coco_fixtures.serve_directory(mirror) as (base_url, handler):
         download(base_url, tmp_path, "--only", "val2014", "--delete-zips")
         assert handler.ranges_seen == ["bytes=1000-"]
     assert (tmp_path / "val2014" / "syn_01000.jpg").exists()
@@ -74,7 +74,7 @@ def test_a_corrupt_zip_is_refused_and_deleted(mirror, tmp_path):
     data[offset] ^= 0xFF  # one flipped byte inside the stored JPEG: the CRC no longer matches
     (bad / FILES["val2014"]).write_bytes(bytes(data))
     root = tmp_path / "root"
-    with testing.serve_directory(bad) as (base_url, _):
+    with coco_fixtures.serve_directory(bad) as (base_url, _):
         with pytest.raises(SystemExit, match="CRC"):
             download(base_url, root, "--only", "val2014")
     assert not (root / "downloads" / "val2014.zip").exists()

@@ -7,7 +7,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from app.engines.base import PersonCandidates
-from training import testing
+import coco_fixtures
 from training.coco import CocoIndex
 from training.dataset import CentralPersonDataset
 from training.evaluate import coco_segm_ap, evaluate_dataset, mask_iou, summarize, write_curve, write_summary
@@ -85,7 +85,7 @@ def constructed(tmp_path):
 
 
 def test_a_perfect_predictor_scores_one(tmp_path):
-    ann, images = testing.make_split(tmp_path, "val2014", testing.mixed_specs(), seed=2)
+    ann, images = coco_fixtures.make_split(tmp_path, "val2014", coco_fixtures.mixed_specs(), seed=2)
     index = CocoIndex.load(ann)
     dataset = CentralPersonDataset(index, select_subset(index), images)
     rows, detections = evaluate_dataset(perfect_engine(dataset), dataset, collect_detections=True)
@@ -152,10 +152,10 @@ def test_table_and_plot(tmp_path):
     assert rows[0] == {"epoch": "0", "test_mean_iou": "0.800000", "train_mean_iou": "0.820000"} and len(rows) == 3
 
 
-@pytest.mark.skipif(not (testing.SHARED_SAMPLE / "instances.json").exists(), reason=f"shared COCO sample not found at {testing.SHARED_SAMPLE}")
+@pytest.mark.skipif(not (coco_fixtures.SHARED_SAMPLE / "instances.json").exists(), reason=f"shared COCO sample not found at {coco_fixtures.SHARED_SAMPLE}")
 def test_real_sample_perfect_predictor():
-    index = CocoIndex.load(testing.SHARED_SAMPLE / "instances.json")
-    dataset = CentralPersonDataset(index, select_subset(index), testing.SHARED_SAMPLE / "images")
+    index = CocoIndex.load(coco_fixtures.SHARED_SAMPLE / "instances.json")
+    dataset = CentralPersonDataset(index, select_subset(index), coco_fixtures.SHARED_SAMPLE / "images")
     rows, detections = evaluate_dataset(perfect_engine(dataset), dataset, collect_detections=True)
     assert [r["iou"] for r in rows] == [1.0] * 4
     assert coco_segm_ap(index, [r["image_id"] for r in rows], detections)["segm_ap"] == pytest.approx(1.0)

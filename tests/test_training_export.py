@@ -9,7 +9,7 @@ from PIL import Image
 
 from app.config import load_config
 from app.engines import maskrcnn
-from training import testing
+import coco_fixtures
 from training.__main__ import main as cli
 from training.model import build_finetune_model
 from training.train import make_checkpoint
@@ -17,7 +17,7 @@ from training.train import make_checkpoint
 
 @pytest.fixture(scope="module")
 def base_weights(tmp_path_factory):
-    return testing.random_base_weights(tmp_path_factory.getbasetemp() / "training-random-base.pth")
+    return coco_fixtures.random_base_weights(tmp_path_factory.getbasetemp() / "training-random-base.pth")
 
 
 @pytest.fixture

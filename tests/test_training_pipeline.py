@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training import testing
+import coco_fixtures
 from training.__main__ import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_download_subset_train_evaluate_export_cutout(tmp_path_factory, tmp_path):
-    base = testing.random_base_weights(tmp_path_factory.getbasetemp() / "training-random-base.pth")
+    base = coco_fixtures.random_base_weights(tmp_path_factory.getbasetemp() / "training-random-base.pth")
     # Train images: big central people; val: the same kind plus images the subset must drop.
-    mirror = testing.make_mirror(tmp_path / "mirror", testing.central_specs(3, seed=11), testing.central_specs(2, seed=12) + testing.mixed_specs()[1:3])
+    mirror = coco_fixtures.make_mirror(tmp_path / "mirror", coco_fixtures.central_specs(3, seed=11), coco_fixtures.central_specs(2, seed=12) + coco_fixtures.mixed_specs()[1:3])
     data = tmp_path / "coco2014"
-    with testing.serve_directory(mirror) as (base_url, _):
+    with coco_fixtures.serve_directory(mirror) as (base_url, _):
         cli(["download", "--root", str(data), "--base-url", base_url, "--no-progress"])
 
     for split in ("train2014", "val2014"):
@@ -35,10 +35,10 @@ def test_download_subset_train_evaluate_export_cutout(tmp_path_factory, tmp_path
 
     run = tmp_path / "run"
     common = ["--data-root", str(data), "--output-dir", str(run), "--base-weights", str(base)]
-    cli(["train", *common, "--epochs", "2", "-j", "0", "--warmup-iters", "2", "--no-progress", *testing.TINY_MODEL_FLAGS])
+    cli(["train", *common, "--epochs", "2", "-j", "0", "--warmup-iters", "2", "--no-progress", *coco_fixtures.TINY_MODEL_FLAGS])
     assert sorted(p.name for p in run.glob("checkpoint_epoch*.pth")) == [f"checkpoint_epoch0{e}.pth" for e in range(3)]
 
-    cli(["evaluate", *common, "--no-progress", *testing.TINY_EVAL_FLAGS])
+    cli(["evaluate", *common, "--no-progress", *coco_fixtures.TINY_EVAL_FLAGS])
     ev = run / "eval"
     for split, n in (("val", 3), ("train", 3)):
         for label in ("untuned", "epoch00", "epoch01", "epoch02"):

@@ -5,6 +5,7 @@ COCO2014_ANNOTATIONS names the folder holding instances_train2014.json / instanc
 """
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import testing
+import coco_fixtures
 from training.__main__ import main as cli
 from training.coco import CocoIndex
-from training.subset import read_subset, select_subset
+from training.subset import central_person, centrality, read_subset, select_subset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +40,9 @@ def independent_subset(data, min_area=0.40):
     d2 = ((size / 2 - centre) ** 2).sum(axis=1)
     with np.errstate(divide="ignore"):
         value = np.where(d2 == 0, np.inf, area / np.where(d2 == 0, 1, d2) ** 2)
-    # Sort by image, then value, then area (ties), all descending within an image; take the first.
-    order = np.lexsort((-area, -value, image_id))
+    # Sort by image, then value descending, then listing order (ties: the first listed); take the first.
+    listed = np.arange(len(anns))
+    order = np.lexsort((listed, -value, image_id))
     first = order[np.r_[True, image_id[order][1:] != image_id[order][:-1]]]
     out = {}
     for k in first:
@@ -91,9 +93,12 @@ def crafted():
     ann(61, 6, [60, 0, 100, 100], 0.50)  # d = 10
     ann(62, 6, [95, 40, 30, 20], 0.05)  # centre (110, 50): d = 10
     image(7)  # no annotations at all
-    image(8)  # two exactly centred people: the larger one
-    ann(81, 8, [70, 10, 60, 80], 0.20)
-    ann(82, 8, [40, 0, 120, 100], 0.55)
+    image(8)  # two exactly centred people: the first listed (the original's `scr > bst` with inf)
+    ann(81, 8, [40, 0, 120, 100], 0.55)
+    ann(82, 8, [70, 10, 60, 80], 0.20)
+    image(10)  # the same two, listed the other way round: the smaller one, so the image is dropped
+    ann(101, 10, [70, 10, 60, 80], 0.20)
+    ann(102, 10, [40, 0, 120, 100], 0.55)
     image(9)  # 30%: dropped at 0.40, kept at 0.25
     ann(91, 9, [60, 0, 80, 100], 0.30)
     return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]}
@@ -102,15 +107,23 @@ def crafted():
 def test_crafted_cases_follow_the_rule():
     data = crafted()
     rows = select_subset(CocoIndex(data), 0.40)
-    assert {r["image_id"]: r["ann_id"] for r in rows} == {1: 12, 3: 32, 6: 61, 8: 82}
+    assert {r["image_id"]: r["ann_id"] for r in rows} == {1: 12, 3: 32, 6: 61, 8: 81}
     assert_same(rows, independent_subset(data))
     low = select_subset(CocoIndex(data), 0.25)
-    assert {r["image_id"]: r["ann_id"] for r in low} == {1: 12, 2: 21, 3: 32, 4: 42, 6: 61, 8: 82, 9: 91}
+    assert {r["image_id"]: r["ann_id"] for r in low} == {1: 12, 2: 21, 3: 32, 4: 42, 6: 61, 8: 81, 9: 91}
     assert_same(low, independent_subset(data, 0.25))
 
 
+def test_ties_between_exactly_centred_boxes_go_to_the_first_listed():
+    big = {"id": 1, "category_id": 1, "iscrowd": 0, "bbox": [40, 0, 120, 100], "area": 11000.0}
+    small = {"id": 2, "category_id": 1, "iscrowd": 0, "bbox": [70, 10, 60, 80], "area": 4000.0}
+    assert centrality(big, 200, 100) == centrality(small, 200, 100) == math.inf
+    assert central_person([big, small], 200, 100) is big
+    assert central_person([small, big], 200, 100) is small
+
+
 def test_synthetic_set_matches_independent_calculation(tmp_path):
-    data = testing.write_coco(tmp_path / "images", tmp_path / "instances.json", testing.mixed_specs())
+    data = coco_fixtures.write_coco(tmp_path / "images", tmp_path / "instances.json", coco_fixtures.mixed_specs())
     rows = select_subset(CocoIndex(data))
     assert_same(rows, independent_subset(data))
     # By construction: big central people kept (polygon, RLE, beside a dog); the rest dropped.
@@ -126,11 +139,11 @@ def test_cli_writes_the_csv(tmp_path, capsys):
     ann.write_text(json.dumps(crafted()))
     out = tmp_path / "sub" / "subset.csv"
     cli(["subset", "--annotations", str(ann), "--min-area", "0.40", "--out", str(out)])
-    assert "4 of 9 images kept" in capsys.readouterr().out
+    assert "4 of 10 images kept" in capsys.readouterr().out
     with open(out, newline="") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == ["image_id", "ann_id", "area_fraction"]
-        assert [(int(r["image_id"]), int(r["ann_id"])) for r in reader] == [(1, 12), (3, 32), (6, 61), (8, 82)]
+        assert [(int(r["image_id"]), int(r["ann_id"])) for r in reader] == [(1, 12), (3, 32), (6, 61), (8, 81)]
     assert read_subset(out)[0] == {"image_id": 1, "ann_id": 12, "area_fraction": pytest.approx(0.45)}
 
 
@@ -144,9 +157,9 @@ def test_every_command_has_help():
         assert exit_info.value.code == 0
 
 
-@pytest.mark.skipif(not (testing.SHARED_SAMPLE / "instances.json").exists(), reason=f"shared COCO sample not found at {testing.SHARED_SAMPLE}")
+@pytest.mark.skipif(not (coco_fixtures.SHARED_SAMPLE / "instances.json").exists(), reason=f"shared COCO sample not found at {coco_fixtures.SHARED_SAMPLE}")
 def test_real_sample_matches_independent_calculation():
-    path = testing.SHARED_SAMPLE / "instances.json"
+    path = coco_fixtures.SHARED_SAMPLE / "instances.json"
     data = json.loads(path.read_text())
     rows = select_subset(CocoIndex(data))
     assert_same(rows, independent_subset(data))
@@ -167,7 +180,7 @@ def test_real_coco2014_gives_the_original_subsets(split, count, reference):
     rows = select_subset(CocoIndex(data))
     assert_same(rows, independent_subset(data))
     assert len(rows) == count
-    ref = testing.REFERENCE / reference
+    ref = coco_fixtures.REFERENCE / reference
     if ref.exists():
         # The original's files carry stray carriage returns inside rows: drop them before parsing.
         text = ref.read_bytes().decode("utf-8").replace("\r", "")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import testing
+import coco_fixtures
 from training.__main__ import main as cli
 from training.model import HEAD_PREFIXES, build_finetune_model, load_checkpoint, set_train_mode
 
@@ -26,14 +26,14 @@ LOSS_FALL_FACTOR = 3.0
 
 @pytest.fixture(scope="module")
 def base_weights(tmp_path_factory):
-    return testing.random_base_weights(tmp_path_factory.getbasetemp() / "training-random-base.pth")
+    return coco_fixtures.random_base_weights(tmp_path_factory.getbasetemp() / "training-random-base.pth")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Two synthetic images with a central person each, and their subset CSV."""
     root = tmp_path_factory.mktemp("coco")
-    ann, _ = testing.make_split(root, "train2014", testing.central_specs(2, seed=3), seed=3)
+    ann, _ = coco_fixtures.make_split(root, "train2014", coco_fixtures.central_specs(2, seed=3), seed=3)
     cli(["subset", "--annotations", str(ann), "--out", str(root / "subsets" / "train2014.csv")])
     return root
 
@@ -42,7 +42,7 @@ def train(data, base_weights, output_dir, *extra):
     cli(
         [
             "train", "--data-root", str(data), "--output-dir", str(output_dir), "--base-weights", str(base_weights),
-            "-j", "0", "--no-progress", "--warmup-iters", "0", "--hflip-prob", "0", "--lr-step-size", "2", "--lr-gamma", "0.8", *testing.TINY_MODEL_FLAGS, *extra,
+            "-j", "0", "--no-progress", "--warmup-iters", "0", "--hflip-prob", "0", "--lr-step-size", "2", "--lr-gamma", "0.8", *coco_fixtures.TINY_MODEL_FLAGS, *extra,
         ]
     )
 
@@ -149,7 +149,7 @@ def test_torchrun_two_processes_save_once(data, base_weights, tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training", "train",
         "--data-root", str(data), "--output-dir", str(out), "--base-weights", str(base_weights), "--device", "cpu",
-        "-j", "0", "--no-progress", "--epochs", "1", "--warmup-iters", "0", *testing.TINY_MODEL_FLAGS,
+        "-j", "0", "--no-progress", "--epochs", "1", "--warmup-iters", "0", *coco_fixtures.TINY_MODEL_FLAGS,
     ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -2,8 +2,9 @@
 
 For each image, among its non-crowd person annotations take the one with the largest
 ``area / d**4`` (``d`` the distance from the bbox centre to the image centre, ``area`` the
-annotation's own ``area`` field; a box centred exactly wins). Keep the image when that
-annotation's ``area / (W*H)`` exceeds ``min_area``.
+annotation's own ``area`` field; a box centred exactly wins, ``inf``). Keep the image when that
+annotation's ``area / (W*H)`` exceeds ``min_area``. Ties, including several boxes centred exactly,
+go to the first listed, as the original's ``if scr > bst`` does.
 """
 import argparse
 import csv
@@ -25,15 +26,16 @@ def centrality(ann, width, height):
 def central_person(anns, width, height):
     """The non-crowd person annotation the rule picks among ``anns``, or None.
 
-    Ties (several boxes centred exactly) go to the larger area, then to the first listed.
+    Ties (several boxes centred exactly, all ``inf``) go to the first listed: a later one must be
+    strictly more central to replace it.
     """
-    best, best_key = None, None
+    best, best_value = None, None
     for ann in anns:
         if ann.get("category_id") != PERSON or ann.get("iscrowd", 0):
             continue
-        key = (centrality(ann, width, height), float(ann["area"]))
-        if best is None or key > best_key:
-            best, best_key = ann, key
+        value = centrality(ann, width, height)
+        if best is None or value > best_value:
+            best, best_value = ann, value
     return best
 
 

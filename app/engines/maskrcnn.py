@@ -12,7 +12,6 @@ the mask head only runs on person detections, and only the chosen person's 28×2
 at full resolution (torchvision's own postprocess pastes every detection at full size).
 """
 import logging
-import math
 import os
 import pickle
 import socket
@@ -24,10 +23,11 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
+from torch.nn import functional as F
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import maskrcnn_inference
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, maskrcnn_inference
 from torchvision.transforms.functional import pil_to_tensor
 
 from ..download import sha256_of
@@ -271,8 +271,8 @@ def model_input_size(width, height, min_size, max_size):
 def paste_mask(mask28, box, size):
     """Paste one 28×28 soft mask into its ``[x1, y1, x2, y2]`` box on a ``(W, H)`` float32 canvas.
 
-    Like torchvision's paste (a one-pixel zero border, box expanded to match), but for one mask,
-    resampled with Pillow straight to the box's pixel size.
+    Pixel for pixel what torchvision's ``paste_masks_in_image`` gives for that mask (tested), but
+    only the box's region is resampled and written, not a full-size canvas per detection.
     """
     width, height = size
     canvas = np.zeros((height, width), dtype=np.float32)
@@ -281,22 +281,18 @@ def paste_mask(mask28, box, size):
 
 
 def _paste_into(canvas, mask28, box):
+    """Max one mask into ``canvas`` with torchvision's rounding: a one-pixel zero border, the box
+    expanded to match and truncated to integers, ``x2 - x1 + 1`` pixels wide, bilinear ``interpolate``."""
     height, width = canvas.shape
-    m = mask28.shape[-1]
-    padded = np.zeros((m + 2, m + 2), dtype=np.float32)
-    padded[1:-1, 1:-1] = mask28
-    scale = (m + 2) / m
-    x1, y1, x2, y2 = (float(v) for v in box)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    hw, hh = (x2 - x1) / 2 * scale, (y2 - y1) / 2 * scale
-    bx1, by1 = int(math.floor(cx - hw)), int(math.floor(cy - hh))
-    bx2, by2 = int(math.ceil(cx + hw)), int(math.ceil(cy + hh))
-    bw, bh = max(bx2 - bx1, 1), max(by2 - by1, 1)
-    pasted = np.asarray(Image.fromarray(padded, mode="F").resize((bw, bh), Image.BILINEAR))
+    padded, scale = expand_masks(torch.as_tensor(mask28, dtype=torch.float32)[None, None], padding=1)
+    expanded = expand_boxes(torch.as_tensor(np.asarray(box, dtype=np.float32)[None]), scale)
+    bx1, by1, bx2, by2 = expanded.to(dtype=torch.int64)[0].tolist()
+    bw, bh = max(bx2 - bx1 + 1, 1), max(by2 - by1 + 1, 1)
     cx1, cy1 = max(bx1, 0), max(by1, 0)
-    cx2, cy2 = min(bx1 + bw, width), min(by1 + bh, height)
+    cx2, cy2 = min(bx2 + 1, width), min(by2 + 1, height)
     if cx2 <= cx1 or cy2 <= cy1:
         return
+    pasted = F.interpolate(padded, size=(bh, bw), mode="bilinear", align_corners=False)[0, 0].numpy()
     region = pasted[cy1 - by1 : cy2 - by1, cx1 - bx1 : cx2 - bx1]
     np.maximum(canvas[cy1:cy2, cx1:cx2], region, out=canvas[cy1:cy2, cx1:cx2])
 

@@ -1,7 +1,7 @@
-"""Test helpers: a synthetic COCO-format set, a random base model that trains, a loopback mirror.
+"""Training test fixtures: a synthetic COCO-format set, a random base model that trains, a loopback mirror.
 
-Nothing here is used by the commands themselves; tests (and anyone trying the pipeline without
-COCO) import it.
+Nothing here is used by the commands themselves; only tests import it (it lived in
+``training/testing.py`` before, shipped inside the package).
 """
 import contextlib
 import http.server
@@ -15,14 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 
-from .coco import PERSON
+from bench.datasets import coco_sample_dir, shared_dir
+from training.coco import PERSON, ann_to_mask
+from training.model import build_base_model
 
 DOG = 18  # another COCO category, for "other categories are ignored"
 # The project's shared data lives beside the repository (never inside it); BGREMOVAL_SHARED moves it.
-SHARED = Path(os.environ.get("BGREMOVAL_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
-SHARED_SAMPLE = SHARED / "data" / "coco_person_sample"
-REFERENCE = SHARED / "reference"
+SHARED_SAMPLE = coco_sample_dir()
+REFERENCE = shared_dir() / "reference"
 
 # Model settings that keep a CPU training step well under a second on 64-128 px images (few
 # proposals also keep the positive RoIs close to the ground-truth box, so a few images overfit cleanly).
@@ -88,10 +90,6 @@ def uncompressed_rle(mask):
 
 def _annotation(ann_id, image_id, category, polygons, width, height, crowd=False, encoding="polygon"):
     """A COCO annotation whose area and bbox come from its own mask, as COCO's do."""
-    from pycocotools import mask as mask_utils
-
-    from .coco import ann_to_mask
-
     rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
     mask = ann_to_mask(polygons, height, width)
     if crowd:
@@ -281,8 +279,6 @@ def random_base_weights(path, images=None, seed=0, min_size=96, max_size=128):
     path = Path(path)
     if path.exists():
         return path
-    from .model import build_base_model
-
     torch.manual_seed(seed)
     model = build_base_model(None, min_size=min_size, max_size=max_size)
     if images is None:
