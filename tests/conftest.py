@@ -4,18 +4,24 @@ Real weights cannot be downloaded here, so end-to-end tests use torchvision's re
 random weights whose predictors are set so every proposal is a confident person with a full-box
 mask: a deterministic stand-in for trained weights that still runs every layer of the model.
 """
+import os
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app.config import load_config
+from app.engines import selfie_weights
 from app.engines.base import Engine, PersonCandidates
+from app.errors import ModelUnavailable
 from bench.datasets import shared_dir
 from bench.synthetic import encode, make_photo, stand_in_state_dict
 
 SHARED = shared_dir()  # BGREMOVAL_SHARED, else ../shared beside the repository
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def ellipse_mask(size, box):
@@ -154,3 +160,27 @@ def procfile_server(stand_in_checkpoint, tmp_path_factory):
         yield url
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def pose_files():
+    """The two pose models, fetched once from the hash-pinned wheel into weights/selfie/ (or skip)."""
+    cfg = load_config(environ={}, overrides={"WEIGHTS_DIR": os.environ.get("BGREMOVAL_WEIGHTS_DIR") or str(ROOT / "weights")})
+    try:
+        paths = selfie_weights.fetch_weights(cfg, progress=False)
+    except ModelUnavailable as exc:
+        pytest.skip(f"the pose models could not be fetched from the mediapipe wheel (offline?): {exc}")
+    return {kind: paths[kind] for kind in selfie_weights.POSE_KINDS}
+
+
+@pytest.fixture(scope="session")
+def mediapipe_models(tmp_path_factory, pose_files):
+    """A folder with all four MediaPipe models: the shared segmenters and the fetched pose models."""
+    shared = SHARED / "models"
+    segmenters = [shared / selfie_weights.MODELS[kind][0] for kind in selfie_weights.SEGMENTER_KINDS]
+    if not all(path.is_file() for path in segmenters):
+        pytest.skip(f"the selfie .tflite files are not in {shared} (shared test assets)")
+    folder = tmp_path_factory.mktemp("mediapipe-models")
+    for path in [*segmenters, *pose_files.values()]:
+        os.symlink(path.resolve(), folder / path.name)
+    return folder

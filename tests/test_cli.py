@@ -195,13 +195,10 @@ def test_an_extension_that_contradicts_format_is_an_error(tmp_path, fast_env, ca
     assert main(["remove", str(photo), "-o", str(tmp_path / "out.webp"), "--format", "webp"]) == 0
 
 
-def test_download_weights_all_fetches_what_it_can_and_reports_each(tmp_path, http_server):
-    models = SHARED / "models"
-    if not (models / "selfie_segmentation.tflite").is_file():
-        pytest.skip(f"the shared selfie models are not in {models}")
+def test_download_weights_all_fetches_what_it_can_and_reports_each(tmp_path, http_server, mediapipe_models):
     root, url = http_server
-    for name in ("selfie_segmentation.tflite", "selfie_segmentation_landscape.tflite"):
-        (root / name).write_bytes((models / name).read_bytes())
+    for path in mediapipe_models.iterdir():
+        (root / path.name).write_bytes(path.read_bytes())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     dead = sock.getsockname()[1]
@@ -213,7 +210,7 @@ def test_download_weights_all_fetches_what_it_can_and_reports_each(tmp_path, htt
     assert result.returncode == 3  # one failed
     assert "maskrcnn: failed:" in result.stderr
     fetched = [line for line in result.stdout.splitlines() if line.startswith("selfie: ")]
-    assert len(fetched) == 2 and all(Path(line.split(": ", 1)[1]).is_file() for line in fetched)  # fetched after the failure
+    assert len(fetched) == 4 and all(Path(line.split(": ", 1)[1]).is_file() for line in fetched)  # fetched after the failure
     assert "fetched 1 of 2; failed: maskrcnn" in result.stdout
 
 
@@ -270,11 +267,11 @@ def test_success_prints_a_one_line_summary(tmp_path, fast_env, capsys):
 
 
 @pytest.mark.skipif(not (MODELS / "selfie_segmentation.tflite").is_file() or not PORTRAIT.is_file(), reason=f"needs the shared selfie models and photos in {SHARED}")
-def test_the_runtimes_log_noise_stays_out(tmp_path):
+def test_the_runtimes_log_noise_stays_out(tmp_path, mediapipe_models):
     photo = tmp_path / "portrait.jpg"
     photo.write_bytes(PORTRAIT.read_bytes())
     env = {k: v for k, v in os.environ.items() if not k.startswith("BGREMOVAL_")}
-    env.update(BGREMOVAL_MODEL="selfie", BGREMOVAL_SELFIE_WEIGHTS=str(MODELS))
+    env.update(BGREMOVAL_MODEL="selfie", BGREMOVAL_SELFIE_WEIGHTS=str(mediapipe_models))
     result = subprocess.run([sys.executable, "-m", "app", "remove", str(photo)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "TensorFlow Lite" not in result.stderr and result.stderr == "", result.stderr

@@ -52,17 +52,6 @@ def segmenter_files_only(monkeypatch):
     monkeypatch.setattr(selfie_weights, "MODELS", SEGMENTER_MODELS)
 
 
-@pytest.fixture(scope="session")
-def pose_files():
-    """The two pose models, fetched once from the hash-pinned wheel into weights/selfie/ (or skip)."""
-    cfg = load_config(environ={}, overrides={"WEIGHTS_DIR": os.environ.get("BGREMOVAL_WEIGHTS_DIR") or str(ROOT / "weights")})
-    try:
-        paths = selfie_weights.fetch_weights(cfg, progress=False)
-    except ModelUnavailable as exc:
-        pytest.skip(f"the pose models could not be fetched from the mediapipe wheel (offline?): {exc}")
-    return {kind: paths[kind] for kind in selfie_weights.POSE_KINDS}
-
-
 def config(tmp_path, **overrides):
     values = {"WEIGHTS_DIR": str(tmp_path / "weights"), "DOWNLOAD_TIMEOUT": 3.0, **overrides}
     cfg = load_config(environ={}, overrides=values)
@@ -90,14 +79,9 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def all_models(tmp_path_factory, pose_files):
-    """A folder with all four models: the shared segmenters and the fetched pose models."""
-    if not all((MODELS_DIR / name).is_file() for name in (GENERAL, LANDSCAPE)):
-        pytest.skip(f"the selfie .tflite files are not in {MODELS_DIR} (shared test assets)")
-    folder = tmp_path_factory.mktemp("all-models")
-    for path in [MODELS_DIR / GENERAL, MODELS_DIR / LANDSCAPE, *pose_files.values()]:
-        os.symlink(path.resolve(), folder / path.name)
-    return folder
+def all_models(mediapipe_models):
+    """A folder with all four models (conftest's ``mediapipe_models``)."""
+    return mediapipe_models
 
 
 @pytest.fixture(scope="module")
