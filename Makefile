@@ -9,7 +9,7 @@ PORT ?= 8000
 
 .PHONY: run test lint install install-dev browser bench clean
 
-$(VENV)/.installed: requirements.txt requirements-selfie.txt
+$(VENV)/.installed: requirements.txt requirements-serve.txt requirements-selfie.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) tools/install_torch.py

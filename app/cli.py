@@ -1,4 +1,4 @@
-"""``python -m app``: remove backgrounds from files, refine masks, prefetch weights, run the bot."""
+"""``python -m app``: remove backgrounds from files, refine masks, prefetch or export weights, run the bot."""
 import argparse
 import logging
 import os
@@ -63,6 +63,14 @@ def build_parser():
 
     download = sub.add_parser("download-weights", help="prefetch model weights into the cache (for a build step)")
     download.add_argument("--model", choices=["maskrcnn", "selfie", "all"], default=None, help="which engine's weights (default: BGREMOVAL_MODEL)")
+
+    export = sub.add_parser("export", help="export Mask R-CNN to ONNX for the torch-free runtime (needs torch and onnx)")
+    export.add_argument("-o", "--out", type=Path, help="output file (default: WEIGHTS_DIR/maskrcnn.onnx)")
+
+    quantize = sub.add_parser("quantize", help="make an int8 copy of the export and report how far it is from fp32")
+    quantize.add_argument("--calibration", type=Path, required=True, help="a folder of typical photos (calibration and the report)")
+    quantize.add_argument("-o", "--out", type=Path, help="output file (default: the export's name with .int8.onnx)")
+    quantize.add_argument("--limit", type=int, default=100, help="at most this many photos from the folder (default 100)")
 
     telegram = sub.add_parser("telegram", help="run or configure the Telegram bot")
     tsub = telegram.add_subparsers(dest="telegram_command", required=True)
@@ -344,7 +352,7 @@ def cmd_download(args, config):
     for name in names:
         try:
             if name == "maskrcnn":
-                from .engines.maskrcnn import download_base_weights  # imports torch: only when asked
+                from .engines.maskrcnn_weights import download_base_weights  # imports torch: only when asked
 
                 paths = [download_base_weights(config)]
             else:
@@ -362,6 +370,32 @@ def cmd_download(args, config):
     return 3 if failed else 0
 
 
+def cmd_export(args, config):
+    """Export the configured Mask R-CNN weights to ONNX; print the path and what it was made from."""
+    from .export import export_model  # imports torch and onnx: only when asked
+
+    try:
+        path, meta = export_model(config, args.out)
+    except BgRemovalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(f"{path}: made from {meta['source']} (sha256 {meta['source_sha256'][:12]}…), baked {meta['baked']}")
+    return 0
+
+
+def cmd_quantize(args, config):
+    """Write an int8 copy of the export; print people found and mask IoU against fp32 on the photos."""
+    from .quantize import quantize_export  # imports ONNX Runtime: only when asked
+
+    try:
+        report = quantize_export(config, expand_inputs([args.calibration])[: args.limit], args.out)
+    except BgRemovalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(report.summary())
+    return 0
+
+
 def cmd_telegram(args, config):
     """Run the bot by long polling, or set its webhook."""
     from . import telegram  # imports Flask: only for the bot
@@ -374,5 +408,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = load_config()
-    commands = {"remove": cmd_remove, "batch": cmd_batch, "refine": cmd_refine, "download-weights": cmd_download, "telegram": cmd_telegram}
+    commands = {
+        "remove": cmd_remove,
+        "batch": cmd_batch,
+        "refine": cmd_refine,
+        "download-weights": cmd_download,
+        "export": cmd_export,
+        "quantize": cmd_quantize,
+        "telegram": cmd_telegram,
+    }
     return commands[args.command](args, config)

@@ -14,7 +14,11 @@ MASKRCNN_COCO_URL = "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_c
 DEFAULTS = {
     # Which engine serves requests that do not name one: "maskrcnn" or "selfie".
     "MODEL": "maskrcnn",
-    # A checkpoint path: a full Mask R-CNN state dict, or a 2-class head exported by training/.
+    # How Mask R-CNN runs: "torch", "onnx" (an export by `python -m app export`, torch-free) or
+    # "auto": onnx without torch, else the export when it was made from the configured weights.
+    "RUNTIME": "auto",
+    # A checkpoint path: a full Mask R-CNN state dict, or a 2-class head exported by training/;
+    # or an exported model (.onnx) for the onnx runtime (default: WEIGHTS_DIR/maskrcnn.onnx).
     "WEIGHTS": None,
     # Where downloaded weights are cached.
     "WEIGHTS_DIR": str(ROOT / "weights"),

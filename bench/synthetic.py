@@ -42,7 +42,7 @@ def stand_in_state_dict(seed=0, num_classes=91, box_scale=1.0):
     """
     import torch
 
-    from app.engines.maskrcnn import build_model
+    from app.engines.maskrcnn_weights import build_model
 
     torch.manual_seed(seed)
     model = build_model(num_classes)

@@ -31,16 +31,16 @@ def make_app(tmp_path, **config):
 @pytest.fixture
 def loads(monkeypatch):
     """Every path the engine hands to torch.load, in order."""
-    from app.engines import maskrcnn
+    from app.engines import maskrcnn_weights
 
     seen = []
-    real = maskrcnn._load_file
+    real = maskrcnn_weights._load_file
 
     def spy(path):
         seen.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(maskrcnn, "_load_file", spy)
+    monkeypatch.setattr(maskrcnn_weights, "_load_file", spy)
     return seen
 
 

@@ -9,15 +9,13 @@ import pytest
 import torch
 
 from app.config import load_config
-from app.engines.maskrcnn import (
-    MaskRCNNEngine,
-    build_engine,
+from app.engines.maskrcnn import MaskRCNNEngine, build_engine
+from app.engines.maskrcnn_masks import model_input_size, paste_mask
+from app.engines.maskrcnn_weights import (
     build_model,
     download_base_weights,
     is_head_checkpoint,
     load_model,
-    model_input_size,
-    paste_mask,
     replace_heads,
     save_head,
 )

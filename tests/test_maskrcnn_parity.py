@@ -20,7 +20,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.transforms.functional import to_tensor
 
 from app.config import load_config
-from app.engines.maskrcnn import PERSON, build_engine, paste_mask
+from app.engines.maskrcnn import PERSON, build_engine
+from app.engines.maskrcnn_masks import paste_mask
 from bench.synthetic import make_photo
 
 BOX_TOL = 0.01  # pixels

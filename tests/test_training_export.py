@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from app.config import load_config
-from app.engines import maskrcnn
+from app.engines import maskrcnn, maskrcnn_weights
 import coco_fixtures
 from training.__main__ import main as cli
 from training.model import build_finetune_model
@@ -58,7 +58,7 @@ def test_export_writes_the_app_head_format(checkpoint, tmp_path, capsys):
     cli(["export", "--checkpoint", str(checkpoint), "--out", str(out)])
     assert f"BGREMOVAL_WEIGHTS={out}" in capsys.readouterr().out
     head = torch.load(out, map_location="cpu", weights_only=True)
-    assert maskrcnn.is_head_checkpoint(head)
+    assert maskrcnn_weights.is_head_checkpoint(head)
     assert head["format"] == "bgremoval.maskrcnn-head" and head["version"] == 1
     assert head["meta"]["num_classes"] == 2 and head["meta"]["epoch"] == 5
     assert head["meta"]["args"]["lr"] == 0.005 and head["meta"]["args"]["splits"] == ["val"]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from app.engines import maskrcnn as engine_module
+from app.engines.maskrcnn_files import model_kwargs
 from app.errors import NoPersonFound
 from app.selection import select_people
 
@@ -297,7 +298,7 @@ def main(args):
         if args.limit:
             datasets[split].rows = datasets[split].rows[: args.limit]
     config = engine_config(args)
-    kwargs = engine_module.model_kwargs(config)
+    kwargs = model_kwargs(config)
     base = load_base_weights(args.base_weights)
     summaries = []
     if args.untuned:

@@ -8,7 +8,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from app.engines.maskrcnn import save_head
+from app.engines.maskrcnn_weights import save_head
 
 from .model import checkpoint_path, head_model_from_state, load_checkpoint
 

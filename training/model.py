@@ -1,6 +1,6 @@
 """The model being fine-tuned: COCO Mask R-CNN, everything frozen, new 2-class predictors trainable.
 
-Built through the app's own constructors (``app.engines.maskrcnn``) so training, evaluation and
+Built through the app's own constructors (``app.engines.maskrcnn_weights``) so training, evaluation and
 serving share one definition, and the head a fine-tune produces is exactly what the app loads.
 """
 from pathlib import Path
@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from app.engines import maskrcnn as engine
+from app.engines import maskrcnn_weights as engine
 
 HEAD_PREFIXES = engine.HEAD_PREFIXES
 CHECKPOINT_FORMAT = "bgremoval.training-checkpoint"

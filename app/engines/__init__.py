@@ -1,21 +1,19 @@
 """Segmentation engines behind one small interface (see ``base``), each imported lazily.
 
-``maskrcnn`` imports torch; ``selfie`` imports LiteRT. Neither module is imported until a process
-asks for that engine, so a selfie-only server never pays for torch.
+``maskrcnn`` imports torch or ONNX Runtime (``maskrcnn_runtime`` picks one); ``selfie`` imports
+LiteRT. None is imported until a process asks for that engine, so a server without that engine,
+or with Mask R-CNN on ONNX Runtime, never pays for torch.
 """
 import importlib
 import importlib.util
-import os
 import threading
 import time
 from functools import partial
-from pathlib import Path
 
 from ..errors import BgRemovalError, InvalidParameter, ModelUnavailable
-from . import checkpoint_file
 
 ENGINES = {
-    "maskrcnn": "app.engines.maskrcnn",
+    "maskrcnn": "app.engines.maskrcnn_runtime",
     "selfie": "app.engines.selfie",
 }
 
@@ -48,14 +46,15 @@ def build_engine(name, config, download=True):
     return module.build_engine(config, download=download)
 
 
-# The package each engine imports, to tell "not installed" apart from "no weights" without importing it.
-RUNTIMES = {"maskrcnn": "torch", "selfie": "ai_edge_litert"}
+# The packages an engine can run on (any one will do), to tell "not installed" apart from "no
+# weights" without importing them: Mask R-CNN runs on torch or, from its export, ONNX Runtime.
+RUNTIMES = {"maskrcnn": ("torch", "onnxruntime"), "selfie": ("ai_edge_litert",)}
 
 
 def engine_status(name, config):
     """``(available, reason)``: the engine's runtime is installed and its weights are on disk."""
-    if importlib.util.find_spec(RUNTIMES[name]) is None:
-        return False, f"the {name} engine is not installed here ({RUNTIMES[name]} is missing); pip install -r requirements.txt"
+    if not any(importlib.util.find_spec(package) for package in RUNTIMES[name]):
+        return False, f"the {name} engine is not installed here ({' or '.join(RUNTIMES[name])} is missing); pip install -r requirements.txt"
     return weights_status(name, config)
 
 
@@ -83,18 +82,6 @@ def default_engine(config, allowed=None):
 
 def weights_status(name, config):
     """``(available, reason)`` for an engine's weights, checked on disk without importing the engine."""
-    if name == "maskrcnn":
-        explicit = config.get("WEIGHTS")
-        if explicit:
-            if not Path(explicit).is_file():
-                return False, f"BGREMOVAL_WEIGHTS={explicit}: no such file"
-            why = checkpoint_file.problem(explicit)
-            return (False, checkpoint_file.corrupt_message(explicit, why, explicit=True)) if why else (True, f"weights at {explicit}")
-        cached = Path(config["WEIGHTS_DIR"]) / os.path.basename(config["WEIGHTS_URL"].split("?")[0])
-        if cached.is_file():
-            why = checkpoint_file.problem(cached, expect_hash_in_name=True)
-            return (False, checkpoint_file.corrupt_message(cached, why, explicit=False)) if why else (True, f"weights at {cached}")
-        return False, f"no Mask R-CNN weights at {cached}; run `python -m app download-weights`"
     module = importlib.import_module(ENGINES[name])
     return module.weights_status(config)
 

@@ -1,0 +1,107 @@
+"""``python -m app export``: the configured Mask R-CNN weights as one ONNX file for the torch-free runtime.
+
+Needs torch, torchvision and onnx (``requirements.txt``); the server that runs the result needs
+neither (``requirements-serve.txt``). The graph is ``maskrcnn.PersonMaskRCNN``, traced by torch's
+legacy exporter (the dynamo exporter fails on torchvision's data-dependent detection code): a
+(3, H, W) image in [0, 1] of any size in, person boxes, scores and 28×28 mask probabilities out.
+RPN top-n, detections per image and the score floor become constants of the graph; they are
+recorded in the file's metadata beside the source weights' sha256, the opset and the versions
+that made it, and the runtime refuses an export whose baked settings differ from its config.
+Same weights and settings give the same bytes.
+"""
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+import torchvision
+
+from .engines.maskrcnn import PersonMaskRCNN
+from .engines.maskrcnn_files import EXPORT_FORMAT, META_KEY, baked_settings, encode_meta, export_path, source_identity
+from .engines.maskrcnn_weights import load_model
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+INPUT = "image"
+OUTPUTS = ("boxes", "scores", "masks")
+# The traced example: any size works at run time (H and W are dynamic); a fixed seed keeps the
+# export deterministic.
+EXAMPLE_SIZE = (512, 683)
+
+
+def example_image(seed=0):
+    """A fixed pseudo-random (3, H, W) image for tracing."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand((3, *EXAMPLE_SIZE), generator=generator)
+
+
+def export_metadata(config, source_kind, opset, precision="fp32"):
+    """What the export records about itself (plain JSON types, no timestamps: deterministic)."""
+    identity = source_identity(config, head=source_kind == "head")
+    return {
+        "format": EXPORT_FORMAT,
+        "version": 1,
+        "precision": precision,
+        "source_kind": source_kind,
+        "source": Path(identity.pop("source")).name,
+        **identity,
+        "baked": baked_settings(config),
+        "opset": opset,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "input": f"{INPUT}: float32 (3, H, W) RGB in [0, 1], any H and W (the app shrinks the photo first)",
+        "outputs": "boxes (N, 4) in the input's pixels, scores (N,), masks (N, 28, 28) person probabilities",
+    }
+
+
+def set_metadata(model, meta):
+    """Store ``meta`` in an ONNX model's metadata_props under META_KEY (replacing an older entry)."""
+    kept = [p for p in model.metadata_props if p.key != META_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = META_KEY, encode_meta(meta)
+    return model
+
+
+def save_atomically(model, path):
+    """onnx.save to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def export_model(config, out=None, opset=OPSET, download=True):
+    """Export the configured weights to ``out`` (default WEIGHTS_DIR/maskrcnn.onnx); return ``(path, meta)``."""
+    model, source = load_model(config, download=download)
+    graph = PersonMaskRCNN(model.float().eval(), channels_last=False).eval()
+    out = Path(out) if out else export_path({**config, "WEIGHTS": None})
+    meta = export_metadata(config, source.split()[0], opset)
+    buffer = io.BytesIO()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every shape it turns into a tensor op; expected for this graph.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            (example_image(),),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=list(OUTPUTS),
+            dynamic_axes={INPUT: {1: "height", 2: "width"}, **{name: {0: "detections"} for name in OUTPUTS}},
+            do_constant_folding=True,
+        )
+    exported = onnx.load_from_string(buffer.getvalue())
+    del buffer
+    save_atomically(set_metadata(exported, meta), out)
+    log.info("exported %s (%s) to %s", source, meta["source_sha256"][:12], out)
+    return out, meta
