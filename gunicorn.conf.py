@@ -87,10 +87,12 @@ def on_exit(server):
 
 
 def post_fork(server, worker):
-    """In each worker: at most two malloc arenas, so request threads share freed memory."""
-    from app.memory import limit_arenas
+    """In each worker: at most two malloc arenas, so request threads share freed memory, and a
+    fixed 128 KB mmap threshold, so big freed buffers go back to the OS (the master keeps glibc's)."""
+    from app.memory import limit_arenas, set_mmap_threshold
 
     limit_arenas(int(os.environ.get("MALLOC_ARENA_MAX", "2")))
+    set_mmap_threshold(int(os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")))
 
 
 # Bounded request lines and headers (gunicorn's defaults, stated here on purpose).

