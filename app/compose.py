@@ -6,7 +6,7 @@ from PIL import Image, ImageFilter
 
 from .errors import InvalidParameter
 
-_OPAQUE_LUT = [0] + [255] * 255  # alpha > 0 → keep the pixel
+_TRANSPARENT_LUT = [255] + [0] * 255  # alpha == 0 → clear the pixel
 _HEX = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
 _NAMED = {"white": "ffffff", "black": "000000", "red": "ff0000", "green": "00ff00", "blue": "0000ff", "grey": "808080", "gray": "808080"}
 
@@ -151,15 +151,11 @@ def composite(image, alpha, background=None):
         # Fully transparent pixels carry no visible colour: they become (0, 0, 0, 0). The photo's
         # colours there would only cost bytes (zeros make PNG encoding ~3x faster and the file
         # several times smaller), and only the subject's box needs any work.
-        out = Image.new("RGBA", image.size, (0, 0, 0, 0))
-        box = foreground_box(alpha8, threshold=0)
-        if box is not None:
-            left, top, width, height = box
-            region = (left, top, left + width, top + height)
-            part = image.crop(region).convert("RGBA")
-            part_mask = Image.fromarray(np.ascontiguousarray(alpha8[top : top + height, left : left + width]), "L")
-            part.putalpha(part_mask)
-            out.paste(Image.composite(part, Image.new("RGBA", part.size, (0, 0, 0, 0)), part_mask.point(_OPAQUE_LUT)), region[:2])
+        # Done in place on one RGBA copy of the photo (no crops, blank canvases or composites of
+        # the subject's box): at 12 MP that is ~100 MB less at the request's peak.
+        out = image.convert("RGBA")
+        out.putalpha(mask)
+        out.paste((0, 0, 0, 0), mask=mask.point(_TRANSPARENT_LUT))
         return out
     if isinstance(background, str) and background == "blur":
         base = blurred(image, alpha8)

@@ -233,6 +233,7 @@ def encode_png(array, level=1, parts=None):
             filtered[0, 1:] = rows[0]
             first = 1
         np.subtract(rows[first : last + 1], rows[first - 1 : last], out=filtered[first : last + 1, 1:])
+    del rows, array  # the caller's image stays; this function's copy of it is no longer needed
     raw = filtered.reshape(-1)
     parts = max(1, min(parts or available_cpus(), height, 8))
     bounds = [round(height * i / parts) * (width * channels + 1) for i in range(parts + 1)]
@@ -248,7 +249,14 @@ def encode_png(array, level=1, parts=None):
         pieces = list(_png_pool.map(deflate, range(parts)))  # zlib releases the GIL
     else:
         pieces = [deflate(0)]
-    zlib_header = bytes([0x78, 0x01])  # deflate, 32 KB window, "fastest" flag
-    idat = zlib_header + b"".join(pieces) + struct.pack(">I", zlib.adler32(raw))
+    adler = struct.pack(">I", zlib.adler32(raw))
+    del raw, filtered  # freed before the file is joined: at 12 MP that is 48 MB less at the peak
+    # One join builds the file: the IDAT chunk's length and CRC are computed over the pieces, so
+    # the compressed data is copied once (not into an IDAT string, then a chunk, then the file).
+    body = [bytes([0x78, 0x01]), *pieces, adler]  # zlib header: deflate, 32 KB window, "fastest"
+    crc = zlib.crc32(b"IDAT")
+    for piece in body:
+        crc = zlib.crc32(piece, crc)
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + struct.pack(">I", sum(map(len, body))) + b"IDAT"
+    return b"".join([head, *body, struct.pack(">I", crc), _png_chunk(b"IEND", b"")])

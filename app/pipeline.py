@@ -86,6 +86,7 @@ def remove_background(data, engine, options=None, config=None):
         out = compose.composite(image, alpha8, background)
     fg = compose.foreground_box(alpha8) or (0, 0, 0, 0)
     timings["composite"] = time.perf_counter() - t0
+    del image, alpha8, decoded, background  # not needed to encode: freed first (12 MP: ~50 MB less at the peak)
     t0 = time.perf_counter()
     encoded, mime = imaging.encode_image(out, options.format, png_compress_level=int(config.get("PNG_COMPRESS_LEVEL", 1)))
     timings["encode"] = time.perf_counter() - t0
