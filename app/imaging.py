@@ -250,7 +250,7 @@ def encode_png(array, level=1, parts=None):
     else:
         pieces = [deflate(0)]
     adler = struct.pack(">I", zlib.adler32(raw))
-    del raw, filtered  # freed before the file is joined: at 12 MP that is 48 MB less at the peak
+    raw = filtered = None  # freed before the file is joined: at 12 MP that is 48 MB less at the peak
     # One join builds the file: the IDAT chunk's length and CRC are computed over the pieces, so
     # the compressed data is copied once (not into an IDAT string, then a chunk, then the file).
     body = [bytes([0x78, 0x01]), *pieces, adler]  # zlib header: deflate, 32 KB window, "fastest"
