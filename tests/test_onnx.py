@@ -257,3 +257,24 @@ def test_export_is_deterministic_and_a_photo_without_people_is_handled(tmp_path)
     engine = maskrcnn_onnx.build_engine({**config, "WEIGHTS": str(first)}, session, meta)
     candidates = engine.detect(make_photo((320, 240)))
     assert len(candidates) == 0 and candidates.areas.shape == (0,)
+
+
+@pytest.mark.slow
+def test_quantize_writes_an_int8_model_and_reports_against_fp32(varied, tmp_path, monkeypatch, capsys):
+    checkpoint, weights_dir, export = varied
+    photos = tmp_path / "calibration"
+    photos.mkdir()
+    for seed, size in ((1, (640, 480)), (2, (480, 640))):
+        make_photo(size, seed=seed).save(photos / f"{seed}.jpg", quality=90)
+    (photos / "notes.txt").write_text("not a photo")
+    monkeypatch.setenv("BGREMOVAL_WEIGHTS", str(checkpoint))
+    monkeypatch.setenv("BGREMOVAL_WEIGHTS_DIR", str(weights_dir))
+    assert main(["quantize", "--calibration", str(photos), "-o", str(tmp_path / "int8.onnx")]) == 0
+    report = capsys.readouterr().out
+    assert "calibrated on 2 photos" in report and "mask IoU int8 vs fp32" in report
+    session, meta = maskrcnn_onnx.open_export(tmp_path / "int8.onnx", {})
+    assert meta["precision"] == "int8" and meta["calibration"]["photos"] == 2
+    assert meta["source_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert (tmp_path / "int8.onnx").stat().st_size < 0.5 * export.stat().st_size
+    engine = maskrcnn_onnx.build_engine(config_for(varied, WEIGHTS=str(tmp_path / "int8.onnx")), session, meta)
+    assert len(engine.detect(make_photo((640, 480), seed=1))) > 0
