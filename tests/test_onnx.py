@@ -220,7 +220,7 @@ def test_weights_status_sees_the_export(varied, tmp_path):
 SERVE_ONE = """
 import json, sys
 sys.path.insert(0, "tests")
-from conftest import make_photo
+from conftest import encode, make_photo
 from app import create_app
 app = create_app({"TESTING": True})
 r = app.test_client().post("/api/remove?min_score=0", data=encode(make_photo((640, 480)), "JPEG"))
