@@ -83,7 +83,12 @@ def weights_status(config):
     setting = runtime_setting(config)
     export = export_path(config)
     explicit = config.get("WEIGHTS")
-    if setting == "onnx" or (setting == "auto" and not installed("torch")) or (explicit and is_export(explicit)):
+    if (
+        setting == "onnx"
+        or (setting == "auto" and not installed("torch"))
+        or (explicit and is_export(explicit))
+        or (setting == "auto" and not explicit and export.is_file() and installed("onnxruntime"))
+    ):
         if export.is_file():
             return True, f"exported model at {export}"
         return False, f"no exported Mask R-CNN at {export}; run `python -m app export` where torch is installed"
