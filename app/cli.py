@@ -65,12 +65,11 @@ def build_parser():
     download.add_argument("--model", choices=["maskrcnn", "selfie", "all"], default=None, help="which engine's weights (default: BGREMOVAL_MODEL)")
 
     export = sub.add_parser("export", help="export Mask R-CNN to ONNX for the torch-free runtime (needs torch and onnx)")
-    export.add_argument("-o", "--out", type=Path, help="output file (default: WEIGHTS_DIR/maskrcnn.onnx)")
-
     quantize = sub.add_parser("quantize", help="make an int8 copy of the export and report how far it is from fp32")
+    for command, default in ((export, "WEIGHTS_DIR/maskrcnn.onnx"), (quantize, "the export's name with .int8.onnx")):
+        command.add_argument("-o", "--out", type=Path, help=f"output file (default: {default})")
     quantize.add_argument("--calibration", type=Path, required=True, help="a folder of typical photos (calibration and the report)")
-    quantize.add_argument("-o", "--out", type=Path, help="output file (default: the export's name with .int8.onnx)")
-    quantize.add_argument("--limit", type=int, default=100, help="at most this many photos from the folder (default 100)")
+    quantize.add_argument("--limit", type=int, default=100, help="at most this many photos (default 100)")
 
     telegram = sub.add_parser("telegram", help="run or configure the Telegram bot")
     tsub = telegram.add_subparsers(dest="telegram_command", required=True)
@@ -371,29 +370,18 @@ def cmd_download(args, config):
 
 
 def cmd_export(args, config):
-    """Export the configured Mask R-CNN weights to ONNX; print the path and what it was made from."""
-    from .export import export_model  # imports torch and onnx: only when asked
+    """Export the configured Mask R-CNN weights to ONNX (needs torch and onnx)."""
+    from .export import run  # imports torch and onnx: only when asked
 
-    try:
-        path, meta = export_model(config, args.out)
-    except BgRemovalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    print(f"{path}: made from {meta['source']} (sha256 {meta['source_sha256'][:12]}…), baked {meta['baked']}")
-    return 0
+    return run(config, args.out)
 
 
 def cmd_quantize(args, config):
-    """Write an int8 copy of the export; print people found and mask IoU against fp32 on the photos."""
-    from .quantize import quantize_export  # imports ONNX Runtime: only when asked
+    """Write an int8 copy of the export and report how far it is from fp32 on the photos."""
+    from .quantize import run  # imports ONNX Runtime: only when asked
 
-    try:
-        report = quantize_export(config, expand_inputs([args.calibration])[: args.limit], args.out)
-    except BgRemovalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    print(report.summary())
-    return 0
+    files, _ = expand_inputs([args.calibration])
+    return run(config, [path for path, _ in files][: args.limit], args.out)
 
 
 def cmd_telegram(args, config):
@@ -408,13 +396,5 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = load_config()
-    commands = {
-        "remove": cmd_remove,
-        "batch": cmd_batch,
-        "refine": cmd_refine,
-        "download-weights": cmd_download,
-        "export": cmd_export,
-        "quantize": cmd_quantize,
-        "telegram": cmd_telegram,
-    }
+    commands = {"remove": cmd_remove, "batch": cmd_batch, "refine": cmd_refine, "download-weights": cmd_download, "export": cmd_export, "quantize": cmd_quantize, "telegram": cmd_telegram}
     return commands[args.command](args, config)

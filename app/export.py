@@ -12,6 +12,7 @@ Same weights and settings give the same bytes.
 import io
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torchvision
 from .engines.maskrcnn import PersonMaskRCNN
 from .engines.maskrcnn_files import EXPORT_FORMAT, META_KEY, baked_settings, encode_meta, export_path, source_identity
 from .engines.maskrcnn_weights import load_model
+from .errors import BgRemovalError
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +107,14 @@ def export_model(config, out=None, opset=OPSET, download=True):
     save_atomically(set_metadata(exported, meta), out)
     log.info("exported %s (%s) to %s", source, meta["source_sha256"][:12], out)
     return out, meta
+
+
+def run(config, out=None):
+    """``python -m app export``: export, print what was made from what; exit status 3 on a weights error."""
+    try:
+        path, meta = export_model(config, out)
+    except BgRemovalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(f"{path}: made from {meta['source']} (sha256 {meta['source_sha256'][:12]}…), baked {meta['baked']}")
+    return 0

@@ -10,6 +10,7 @@ say nothing about the answer: run it with the real weights. Needs onnx besides o
 """
 import logging
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,3 +150,14 @@ def quantize_export(config, photo_paths, out=None):
     int8_session, int8_meta = open_export(out, config)
     int8 = build_engine({**config, "WEIGHTS": str(out)}, int8_session, int8_meta)
     return compare(fp32, int8, images, float(config["MIN_SCORE"]), QuantizeReport(out, len(images)))
+
+
+def run(config, photo_paths, out=None):
+    """``python -m app quantize``: quantize, print the report; exit status 3 on an error."""
+    try:
+        report = quantize_export(config, photo_paths, out)
+    except BgRemovalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(report.summary())
+    return 0
