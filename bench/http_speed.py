@@ -32,7 +32,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from bench.procfile import free_port, start_web, stop, wait_ready  # noqa: E402
 
@@ -107,7 +106,7 @@ def post(url, data):
 def make_weights(tmp, box_scale, int8):
     """The stand-in checkpoint, its export and (``int8``) its int8 copy."""
     import torch
-    from conftest import encode, make_photo, stand_in_state_dict
+    from bench.synthetic import encode, make_photo, stand_in_state_dict
 
     from app.config import load_config
     from app.export import export_model
@@ -148,7 +147,7 @@ def main(args):
     """Start both servers, alternate requests, print the table and the profile."""
     import subprocess
 
-    from conftest import encode, make_photo
+    from bench.synthetic import encode, make_photo
 
     data = encode(make_photo(SIZE, seed=3), "JPEG", quality=92)
     print(f"CPU: {cpu_line()}")

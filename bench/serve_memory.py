@@ -21,7 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from bench.procfile import start_web, stop, wait_ready  # noqa: E402
 from bench.serve_venv import create_serve_venv, has_module  # noqa: E402
@@ -58,7 +57,7 @@ def children(pid):
 def stand_in_export(directory, box_scale):
     """Export the stand-in weights (every proposal a person; the chosen box ``box_scale``× larger)."""
     import torch
-    from conftest import stand_in_state_dict
+    from bench.synthetic import stand_in_state_dict
 
     from app.config import load_config
     from app.export import export_model
@@ -80,7 +79,7 @@ def post(url, data):
 
 def main(args):
     """Start the server from the serve-only venv, send the photos, print the memory report."""
-    from conftest import encode, make_photo
+    from bench.synthetic import encode, make_photo
 
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(args.export) if args.export else stand_in_export(tmp, args.box_scale)
