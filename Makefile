@@ -24,11 +24,13 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
-# Debian's Chromium for the Playwright test (never `playwright install`: it downloads a browser).
+# Debian's Chromium for the Playwright tests (never `playwright install`: it downloads a browser) and
+# Debian's redis-server for the shared rate-limit test; the tests start and stop their own instances.
 browser:
-	@if [ ! -x /usr/bin/chromium ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "note: /usr/bin/chromium is missing; run 'sudo apt-get install -y chromium' or the browser test is skipped"; fi; \
+	@missing=""; [ -x /usr/bin/chromium ] || missing="$$missing chromium"; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: missing$$missing; run 'sudo apt-get install -y$$missing' or the tests that need them are skipped"; fi; \
 	fi
 
 # Fetch the weights (selfie from PyPI's mediapipe wheel, Mask R-CNN from download.pytorch.org).
