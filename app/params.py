@@ -8,6 +8,7 @@ choices (``page_choices``). Adding a parameter is one field here plus its behavi
 by ``parse_removebg``, OpenAPI by ``openapi_parameters(RemoveBgParams)``).
 """
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Literal, Optional, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -130,6 +131,9 @@ class CutoutOptions:
         return parse_options(params, config)
 
 
+OPTION_FIELDS = {field.name for field in dataclass_fields(CutoutOptions)}
+
+
 def _normalise(params):
     """Drop empty values, map aliases, lower-case choice strings: what clients send → field values."""
     fields = CutoutParams.model_fields
@@ -178,18 +182,15 @@ def parse_options(params, config=None):
         parsed = CutoutParams.model_validate(_normalise(params))
     except ValidationError as exc:
         raise InvalidParameter("; ".join(_message(e) for e in exc.errors())) from None
-    options = CutoutOptions(
-        mode=parsed.mode or config.get("MODE", "central"),
-        bg_blur=bool(parsed.bg_blur),
-        crop=parsed.crop,
-        crop_margin=parsed.crop_margin,
-        channels=parsed.channels,
-        format=parsed.format,
-        max_size=parsed.max_size if parsed.max_size is not None else int(config.get("MAX_OUTPUT_SIZE", 0) or 0),
-        refine=parsed.refine,
-        min_score=parsed.min_score,
-        model=parsed.model,
-    )
+    # Every parameter that is also an option is copied as validated; the rest is resolved below.
+    values = {name: value for name, value in parsed if value is not None and name in OPTION_FIELDS}
+    values.pop("bg_color", None)
+    options = CutoutOptions(**values)
+    options.bg_blur = bool(parsed.bg_blur)
+    if parsed.mode is None:
+        options.mode = config.get("MODE", "central")
+    if parsed.max_size is None:
+        options.max_size = int(config.get("MAX_OUTPUT_SIZE", 0) or 0)
     if options.mode not in MODES:  # a bad BGREMOVAL_MODE
         raise InvalidParameter(f"mode must be one of {', '.join(MODES)}")
     color = (parsed.bg_color or "").lower()
