@@ -139,11 +139,12 @@ def blurred(image, alpha8=None, radius_fraction=0.02):
     return plain.resize(image.size, Image.BILINEAR)
 
 
-def composite(image, alpha, background=None):
+def composite(image, alpha, background=None, blur_radius=0.02):
     """The cutout: ``image`` (RGB) with ``alpha`` over ``background``.
 
     ``background`` is None (transparent RGBA output), an ``(r, g, b[, a])`` colour, ``"blur"``
-    (the photo itself blurred) or an RGB PIL image (resized to cover the photo).
+    (the photo itself blurred, ``blur_radius`` × its longer side) or an RGB PIL image (resized to
+    cover the photo).
     """
     alpha8 = to_alpha8(alpha)
     mask = Image.fromarray(alpha8, "L")
@@ -158,7 +159,7 @@ def composite(image, alpha, background=None):
         out.paste((0, 0, 0, 0), mask=mask.point(_TRANSPARENT_LUT))
         return out
     if isinstance(background, str) and background == "blur":
-        base = blurred(image, alpha8)
+        base = blurred(image, alpha8, radius_fraction=blur_radius)
     elif isinstance(background, Image.Image):
         base = cover(background.convert("RGB"), image.size)
     else:

@@ -69,6 +69,7 @@ class CutoutParams(BaseModel):
         ),
     )
     bg_blur: Optional[bool] = Field(None, **_doc("Portrait mode: the photo itself, blurred, as background.", cli_flag="--blur"))
+    blur_radius: float = Field(2.0, ge=0.5, le=10, **_doc("Strength of the blurred background: the blur's radius in % of the photo's longer side.", unit="% of the longer side"))
     crop: bool = Field(False, **_doc("Crop to the subject."))
     crop_margin: str = Field("0", **_doc("Margin around the crop: pixels (20 or 20px) or a percentage (10%).", pattern=MARGIN_PATTERN, example="10%"))
     channels: Literal[CHANNELS] = Field(
@@ -116,6 +117,7 @@ class CutoutOptions:
     bg_color: Optional[tuple] = None  # (r, g, b, a) or None for transparent
     bg_image: Optional[bytes] = None  # encoded image bytes to place behind the subject
     bg_blur: bool = False  # portrait mode: the photo blurred behind the subject
+    blur_radius: float = 2.0  # the blur's radius, % of the longer side
     crop: bool = False
     crop_margin: str = "0"
     channels: str = "rgba"  # rgba | alpha (the mask as 8-bit L)

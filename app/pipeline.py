@@ -83,7 +83,7 @@ def remove_background(data, engine, options=None, config=None):
     if options.channels == "alpha":
         out = Image.fromarray(alpha8, "L")
     else:
-        out = compose.composite(image, alpha8, background)
+        out = compose.composite(image, alpha8, background, blur_radius=options.blur_radius / 100)
     fg = compose.foreground_box(alpha8) or (0, 0, 0, 0)
     timings["composite"] = time.perf_counter() - t0
     del image, alpha8, decoded, background  # not needed to encode: freed first (12 MP: ~50 MB less at the peak)

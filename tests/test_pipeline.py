@@ -95,6 +95,18 @@ def test_blur_background():
     assert np.array_equal(out, np.asarray(img2))
 
 
+def test_blur_radius_sets_the_strength_of_the_blur():
+    _, cut = run()
+    rows = (np.asarray(cut)[..., 3] == 0).all(axis=1)  # whole rows of background
+    soft = np.asarray(run({"bg_color": "blur", "blur_radius": "0.5"})[1])[rows]
+    strong = np.asarray(run({"bg_color": "blur", "blur_radius": "8"})[1])[rows]
+    assert roughness(strong) < roughness(soft) * 0.75
+    default = np.asarray(run({"bg_color": "blur"})[1])[rows]
+    assert np.array_equal(default, np.asarray(run({"bg_color": "blur", "blur_radius": "2"})[1])[rows])
+    with pytest.raises(InvalidParameter, match="blur_radius"):
+        run({"bg_color": "blur", "blur_radius": "50"})
+
+
 def test_crop_and_margin():
     full, _ = run()
     left, top, w, h = full.foreground
