@@ -40,7 +40,24 @@ def _doc(help_text, **extra):
     return {"description": help_text, "json_schema_extra": extra}
 
 
-class CutoutParams(BaseModel):
+class _SharedChecks(BaseModel):
+    """The checks of the fields both declarations have: a background colour and a crop margin."""
+
+    @field_validator("crop_margin", check_fields=False)
+    @classmethod
+    def _margin_parses(cls, value):
+        compose.parse_margin(value, (100, 100))  # raises InvalidParameter with the reason
+        return value
+
+    @field_validator("bg_color", check_fields=False)
+    @classmethod
+    def _color_parses(cls, value):
+        if value is not None and value.strip().lower() not in ("transparent", "none", "blur"):
+            compose.parse_color(value)
+        return value
+
+
+class CutoutParams(_SharedChecks):
     """The request parameters of a cutout, as clients send them (strings are coerced)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -94,19 +111,6 @@ class CutoutParams(BaseModel):
         None, **_doc("Edge refinement: 'guided' (default: a colour guided filter over the edge band) or 'none'.")
     )
     min_score: Optional[float] = Field(None, ge=0, le=1, **_doc("Minimum person score."))
-
-    @field_validator("crop_margin")
-    @classmethod
-    def _margin_parses(cls, value):
-        compose.parse_margin(value, (100, 100))  # raises InvalidParameter with the reason
-        return value
-
-    @field_validator("bg_color")
-    @classmethod
-    def _color_parses(cls, value):
-        if value is not None and value.strip().lower() not in ("transparent", "none", "blur"):
-            compose.parse_color(value)
-        return value
 
 
 @dataclass
@@ -307,7 +311,7 @@ REMOVEBG_FORMATS = ("auto", *FORMATS, "zip")
 WHOLE_IMAGE = ("0%", "0%", "100%", "100%")
 
 
-class RemoveBgParams(BaseModel):
+class RemoveBgParams(_SharedChecks):
     """remove.bg's request parameters, with its names and meanings (``size`` in megapixels)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -337,19 +341,6 @@ class RemoveBgParams(BaseModel):
         if str(value).strip().lower() not in REMOVEBG_TYPES:
             raise InvalidType(f"type={value} is not supported; use auto or person")
         return str(value).strip().lower()
-
-    @field_validator("crop_margin")
-    @classmethod
-    def _margin_parses(cls, value):
-        compose.parse_margin(value, (100, 100))
-        return value
-
-    @field_validator("bg_color")
-    @classmethod
-    def _color_parses(cls, value):
-        if value is not None and value.strip().lower() not in ("transparent", "none", "blur"):
-            compose.parse_color(value)
-        return value
 
     @field_validator("roi")
     @classmethod
