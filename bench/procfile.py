@@ -6,6 +6,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,3 +68,14 @@ def stop(process, timeout=30.0):
             process.wait(10)
         except ProcessLookupError:
             pass
+
+
+@contextmanager
+def serving(env=None, timeout=60.0):
+    """The web process as the Procfile starts it, ready on 127.0.0.1; its base URL, stopped on exit."""
+    process, url = start_web(env)
+    try:
+        wait_ready(url, timeout=timeout, process=process)
+        yield url
+    finally:
+        stop(process)

@@ -147,19 +147,15 @@ def http_server(tmp_path):
 @pytest.fixture(scope="session")
 def procfile_server(stand_in_checkpoint, tmp_path_factory):
     """gunicorn started exactly as the Procfile says, on 127.0.0.1, with the stand-in weights."""
-    from bench.procfile import start_web, stop, wait_ready
+    from bench.procfile import serving
 
     env = {
         "BGREMOVAL_WEIGHTS": str(stand_in_checkpoint),
         "BGREMOVAL_WEIGHTS_DIR": str(tmp_path_factory.mktemp("cache")),
         "BGREMOVAL_MODEL": "maskrcnn",
     }
-    process, url = start_web(env)
-    try:
-        wait_ready(url, timeout=60, process=process)
+    with serving(env) as url:
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.procfile import free_port, start_web, stop, wait_ready
+from bench.procfile import free_port, serving
 from conftest import SHARED, encode, make_photo
 
 CHROMIUM = "/usr/bin/chromium"
@@ -220,12 +220,8 @@ def selfie_fallback_server(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("BGREMOVAL_")}
     env.update(BGREMOVAL_WEIGHTS_DIR=str(tmp_path_factory.mktemp("empty-cache")), BGREMOVAL_WEIGHTS_URL=dead,
                BGREMOVAL_SELFIE_WEIGHTS=str(models), BGREMOVAL_DOWNLOAD_TIMEOUT="2")
-    process, url = start_web(env)
-    try:
-        wait_ready(url, timeout=60, process=process)
+    with serving(env) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def test_procfile_falls_back_to_selfie_and_the_page_marks_mask_rcnn(selfie_fallback_server, browser, photo_file):
