@@ -38,6 +38,7 @@ class DecodedImage:
     format: str  # Pillow's name of the input format
     original_size: tuple  # upright (W, H) of the input before any reduced decoding
     reduced: bool = False  # True when a huge JPEG was decoded at 1/2, 1/4 or 1/8 scale
+    preview: bool = False  # True when a large JPEG was decoded small for the model only (see decode_image)
 
 
 def sniff_format(data):
@@ -127,8 +128,24 @@ def _to_rgb_and_alpha(img):
     return img, None
 
 
-def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS, min_side=MIN_SIDE):
-    """Decode upload bytes into a ``DecodedImage``; raise a domain error for anything unusable."""
+def _preview_factor(stored_size, upright_need, swapped):
+    """The largest JPEG DCT reduction (2, 4 or 8) whose result still covers ``upright_need``, or 1."""
+    need_w, need_h = (upright_need[1], upright_need[0]) if swapped else upright_need
+    width, height = stored_size
+    for k in (8, 4, 2):
+        if -(-width // k) >= need_w and -(-height // k) >= need_h:
+            return k
+    return 1
+
+
+def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS, min_side=MIN_SIDE, preview_for=None):
+    """Decode upload bytes into a ``DecodedImage``; raise a domain error for anything unusable.
+
+    ``preview_for``: a function of the upright (W, H) giving the smallest (W, H) a model needs.
+    When given and the upload is a JPEG that the DCT can decode at 1/2 to 1/8 scale and still
+    cover that, it is decoded that small (``preview=True``; ``original_size`` is the photo's) so
+    the caller can run the model without the full-size photo in memory, and decode it afterwards.
+    """
     if not data:
         raise EmptyUpload()
     Image.init()  # register every plugin so the allowlist names only formats Pillow can open
@@ -162,6 +179,13 @@ def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS, min_side=
             reduced = img.size != (width, height)
         if img.size[0] * img.size[1] > max_pixels:
             raise ImageTooLarge(f"{width}×{height} pixels is over the limit of {max_pixels:,}")
+    preview = False
+    need = preview_for(original_size) if preview_for is not None and not reduced and fmt in ("JPEG", "MPO") else None
+    if need:
+        k = _preview_factor((width, height), need, original_size != (width, height))
+        if k > 1:
+            img.draft("RGB", (-(-width // k), -(-height // k)))
+            preview = img.size != (width, height)
     try:
         img.seek(0)  # animated GIF/APNG/WebP: the first frame
         img.load()
@@ -173,10 +197,11 @@ def decode_image(data, max_pixels=40_000_000, formats=ALLOWED_FORMATS, min_side=
         raise InvalidImage() from exc
     except MemoryError as exc:
         raise ImageTooLarge("the image is too large to decode") from exc
-    if min(rgb.size) < min_side:
-        raise ImageTooSmall(f"the image is {rgb.size[0]}×{rgb.size[1]} pixels; each side needs at least {min_side}")
+    if min(original_size if preview else rgb.size) < min_side:
+        w, h = original_size if preview else rgb.size
+        raise ImageTooSmall(f"the image is {w}×{h} pixels; each side needs at least {min_side}")
     rgb.info = {}
-    return DecodedImage(image=rgb, alpha=alpha, format=fmt, original_size=original_size, reduced=reduced)
+    return DecodedImage(image=rgb, alpha=alpha, format=fmt, original_size=original_size, reduced=reduced, preview=preview)
 
 
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}

@@ -204,13 +204,16 @@ def _upsample(x, size, factor):
 
 
 def _refine_guided(image, coarse):
-    """The "guided" method: fast colour guided filter over the uncertain band's crop, sharpened."""
+    """The "guided" method: fast colour guided filter over the uncertain band's crop, sharpened (uint8)."""
+    # 8-bit output: the filtered band is quantised to 8 bits anyway, and a float32 full-size
+    # output cost a 12 MP request 36 MB more at its peak.
     h, w = coarse.shape
-    out = np.empty((h, w), np.float32)
+    out = np.empty((h, w), np.uint8)
     scan = _scan(coarse)
     half = 0.5 * _scale_of(coarse.dtype)
     if scan is None:
         out[...] = coarse >= half
+        out *= 255
         return out
     (y0, y1, x0, x1), cell = scan
     ch, cw = y1 - y0, x1 - x0
@@ -219,6 +222,7 @@ def _refine_guided(image, coarse):
     out[y1:] = coarse[y1:] >= half
     out[y0:y1, :x0] = coarse[y0:y1, :x0] >= half
     out[y0:y1, x1:] = coarse[y0:y1, x1:] >= half
+    out *= 255
     # Working resolution: an integer reduction, so that PIL's box reduce does it in one fast pass.
     k = max(1, math.ceil(math.sqrt(ch * cw / WORK_PIXELS)))
     work = image.reduce(k, box=(x0, y0, x1, y1)) if k > 1 else image.crop((x0, y0, x1, y1))
@@ -255,12 +259,12 @@ def _refine_guided(image, coarse):
     a8 = q.astype(np.uint8)
     if k > 1:
         a8 = np.asarray(Image.fromarray(a8, "L").resize((cw, ch), Image.BILINEAR, box=(0, 0, cw / k, ch / k)))
-    np.multiply(a8, np.float32(1 / 255), out=out[y0:y1, x0:x1])
+    out[y0:y1, x0:x1] = a8
     return out
 
 
-def refine_alpha(image, coarse, method=DEFAULT_METHOD):
-    """The refined alpha (float32 H×W in [0, 1]) of a coarse person mask against its RGB photo."""
+def _checked(image, coarse, method):
+    """``(rgb_image, mask_array)`` after checking the method and that mask and image agree."""
     if method not in REFINE_METHODS:
         raise InvalidParameter(f"refine must be one of {', '.join(REFINE_METHODS)}")
     coarse = np.asarray(coarse)
@@ -270,9 +274,26 @@ def refine_alpha(image, coarse, method=DEFAULT_METHOD):
     if image.size != (coarse.shape[1], coarse.shape[0]):
         w, h = image.size
         raise InvalidParameter(f"the mask is {coarse.shape[1]}×{coarse.shape[0]} but the image {w}×{h}")
+    return image, coarse
+
+
+def refine_alpha8(image, coarse, method=DEFAULT_METHOD):
+    """The refined alpha as uint8 H×W (0..255) of a coarse person mask against its RGB photo."""
+    image, coarse = _checked(image, coarse, method)
+    if method == "none":
+        if coarse.dtype == np.uint8:
+            return coarse
+        unit = _to_unit(coarse)
+        return (np.clip(unit, 0, 1) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+    return _refine_guided(image, coarse)
+
+
+def refine_alpha(image, coarse, method=DEFAULT_METHOD):
+    """The refined alpha (float32 H×W in [0, 1]) of a coarse person mask against its RGB photo."""
+    image, coarse = _checked(image, coarse, method)
     if method == "none":
         return _to_unit(coarse)
-    return _refine_guided(image, coarse)
+    return _refine_guided(image, coarse) * np.float32(1 / 255)
 
 
 def load_mask(mask_path, size):

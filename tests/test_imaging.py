@@ -206,3 +206,41 @@ def test_fast_png_with_zero_rows_above_and_below():
     for a in (arr, np.zeros_like(arr), np.roll(arr, -12, axis=0), np.roll(arr, 20, axis=0)):
         out = np.asarray(Image.open(io.BytesIO(encode_png(a, parts=2))))
         np.testing.assert_array_equal(out, a)
+
+
+def test_a_large_jpeg_can_be_decoded_small_for_the_model():
+    """preview_for: a JPEG decoded at a DCT reduction that still covers what the model needs."""
+    photo = quadrant_image(2400, 1800)
+    data = encode(photo, "JPEG", quality=90)
+    asked = []
+
+    def need(size):
+        asked.append(size)
+        return (683, 512)
+
+    preview = decode_image(data, preview_for=need)
+    assert asked == [(2400, 1800)]
+    assert preview.preview and preview.original_size == (2400, 1800)
+    assert preview.image.size == (800, 600)  # 1/2 would also cover, 1/4 would not: the smallest that does
+    assert np.abs(np.subtract(quadrant_colours(preview.image), QUADRANTS)).max() < 20  # JPEG's colours, upright
+    full = decode_image(data)
+    assert not full.preview and full.image.size == (2400, 1800)
+    # Nothing to gain: a need the photo barely covers, or a format the DCT trick does not apply to.
+    assert not decode_image(data, preview_for=lambda size: (1500, 1000)).preview
+    assert not decode_image(data, preview_for=lambda size: None).preview
+    png = decode_image(encode(photo, "PNG"), preview_for=need)
+    assert not png.preview and png.image.size == (2400, 1800)
+
+
+def test_a_rotated_jpegs_preview_is_upright_and_covers_the_upright_need():
+    """EXIF orientation 6 (stored landscape, upright portrait): the need is asked and met upright."""
+    upright = quadrant_image(1200, 2400)
+    stored = upright.transpose(STORED[6])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, "JPEG", quality=90, exif=exif)
+    preview = decode_image(buffer.getvalue(), preview_for=lambda size: (size[0] // 4, size[1] // 4))
+    assert preview.preview and preview.original_size == (1200, 2400)
+    assert preview.image.size == (300, 600)
+    assert np.abs(np.subtract(quadrant_colours(preview.image), QUADRANTS)).max() < 20

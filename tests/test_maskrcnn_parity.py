@@ -160,3 +160,33 @@ def test_paste_mask_equals_paste_masks_in_image_on_awkward_boxes():
     )[:, 0].numpy()
     for i, box in enumerate(boxes):
         np.testing.assert_allclose(paste_mask(masks[i], box, (width, height)), expected[i], rtol=0, atol=1e-6, err_msg=str(box))
+
+
+def test_the_8_bit_paste_is_the_float_paste_quantised(both):
+    """The pipeline's uint8 mask (pasted in row bands, no float canvas) is the float paste × 255, rounded."""
+    (_, _, masks), candidates, _ = both
+    for indices in ([0], [1, 2], list(range(len(masks)))):
+        expected = np.clip(candidates.paste(indices), 0, 1) * 255 + 0.5
+        got = candidates.paste8(indices)
+        assert got.dtype == np.uint8 and got.shape == expected.shape
+        assert np.abs(got.astype(np.float32) - np.floor(expected)).max() <= 1, indices  # float32 rounding only
+        assert (got > 0).sum() > 100
+
+
+def test_the_8_bit_paste_bands_tall_boxes_exactly():
+    """A box taller than one band of rows: every band is written, none twice or shifted."""
+    from app.engines.maskrcnn_masks import STRIP_ROWS, paste_into
+
+    rng = np.random.default_rng(4)
+    mask = rng.uniform(0, 1, size=(28, 28)).astype(np.float32)
+    size = (300, 3 * STRIP_ROWS + 77)
+    box = (10.5, 3.2, 280.1, size[1] - 5.6)
+    reference = paste_mask(mask, box, size)
+    canvas = np.zeros((size[1], size[0]), np.uint8)
+    paste_into(canvas, mask, box, empty=True)
+    assert np.abs(canvas.astype(np.float32) - np.floor(reference * 255 + 0.5)).max() <= 1
+    # A second, overlapping person: the pixel-wise max, as with the float canvas.
+    other = rng.uniform(0, 1, size=(28, 28)).astype(np.float32)
+    paste_into(canvas, other, (50, 600, 250, 1400))
+    both_ = np.maximum(reference, paste_mask(other, (50, 600, 250, 1400), size))
+    assert np.abs(canvas.astype(np.float32) - np.floor(both_ * 255 + 0.5)).max() <= 1

@@ -217,3 +217,48 @@ def test_the_apps_default_config_refines():
     defaults = load_config(environ={})
     assert np.array_equal(alpha(defaults), alpha({**defaults, "REFINE": "guided"}))
     assert not np.array_equal(alpha(defaults), alpha({**defaults, "REFINE": "none"}))
+
+
+class PreviewEngine(FakeEngine):
+    """Takes a preview (like Mask R-CNN); notes what it was given and which big photos were alive."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def preview_size(self, size):
+        return (size[0] // 5, size[1] // 5)
+
+    def detect(self, image, size=None):
+        import gc
+
+        images = [o for o in gc.get_objects() if type(o).__module__.startswith("PIL.") and isinstance(o, Image.Image)]
+        alive = [o.size for o in images if o.size[0] * o.size[1] > 4_000_000]
+        self.seen.append((image.size, size, alive))
+        candidates = super().detect(image.resize(size) if size else image)
+        return candidates
+
+
+def test_a_large_jpeg_meets_the_model_as_a_preview_and_the_photo_comes_after():
+    """Over PREVIEW_MIN_PIXELS, the model sees a small decode and no full-size photo is held meanwhile."""
+    from app.pipeline import PREVIEW_MIN_PIXELS
+
+    size = (2600, 1800)
+    assert size[0] * size[1] > PREVIEW_MIN_PIXELS
+    engine = PreviewEngine()
+    cutout = remove_background(encode(make_photo(size), "JPEG", quality=90), engine, CutoutOptions(), CONFIG)
+    (given, photo_size, alive), = engine.seen
+    assert given == (650, 450) and photo_size == size
+    assert alive == []
+    out = Image.open(io.BytesIO(cutout.data))
+    assert out.size == size
+    alpha = np.asarray(out.getchannel("A"))
+    assert alpha[size[1] // 2, size[0] // 2] == 255 and alpha[5, 5] == 0  # the mask landed in the photo's pixels
+    assert "model" in cutout.timings and "decode" in cutout.timings
+
+
+def test_small_photos_and_pngs_are_decoded_once():
+    engine = PreviewEngine()
+    remove_background(encode(make_photo((1600, 1200)), "JPEG"), engine, CutoutOptions(), CONFIG)
+    remove_background(encode(make_photo((2600, 1800)), "PNG"), engine, CutoutOptions(), CONFIG)
+    assert [(given, photo_size) for given, photo_size, _ in engine.seen] == [((1600, 1200), None), ((2600, 1800), None)]

@@ -17,7 +17,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from .base import Engine
 from ..cpu import available_cpus, cpu_has_native_bf16
-from .maskrcnn_masks import person_candidates, shrink_for_model
+from .maskrcnn_masks import model_input_size, person_candidates, shrink_for_model
 from .maskrcnn_weights import load_model
 
 log = logging.getLogger(__name__)
@@ -112,12 +112,16 @@ class MaskRCNNEngine(Engine):
             boxes, scores, masks = self.graph(tensor)
         return boxes.float(), scores.float(), masks.float(), tuple(tensor.shape[-2:])
 
-    def detect(self, image):
-        """Person candidates for an upright RGB PIL image, in its own pixel coordinates."""
+    def preview_size(self, size):
+        """The model's input size: a copy that small (or larger) gives the same candidates."""
+        return model_input_size(size[0], size[1], self.min_size, self.max_size)
+
+    def detect(self, image, size=None):
+        """Person candidates for an upright RGB PIL image (or its preview), in the photo's pixels."""
         small = shrink_for_model(image, self.min_size, self.max_size)
         tensor = pil_to_tensor(small).float().div_(255)
         boxes, scores, masks, (seen_h, seen_w) = self._forward(tensor)
-        return person_candidates(boxes.numpy(), scores.numpy(), masks.numpy(), (seen_w, seen_h), image.size)
+        return person_candidates(boxes.numpy(), scores.numpy(), masks.numpy(), (seen_w, seen_h), size or image.size)
 
 
 def build_engine(config, download=True):

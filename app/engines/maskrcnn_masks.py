@@ -60,8 +60,12 @@ def _bilinear_weights(size_in, size_out, first, last):
     return weights
 
 
+# Rows per band when pasting into an 8-bit canvas (a 4000 px wide band is 8 MB of float32).
+STRIP_ROWS = 512
+
+
 def paste_into(canvas, mask28, box, empty=False):
-    """Max one soft mask into ``canvas`` (H×W float32) in place, the way torchvision pastes it.
+    """Max one soft mask into ``canvas`` (H×W float32, or uint8 for 0..255) in place, the way torchvision pastes it.
 
     torchvision's rounding: a one-pixel zero border, the box expanded to match and truncated to
     integers, ``x2 - x1 + 1`` pixels wide, resampled bilinearly. Only the part of the box inside
@@ -86,7 +90,19 @@ def paste_into(canvas, mask28, box, empty=False):
     cols = _bilinear_weights(m + 2, bw, cx1 - bx1, cx2 - bx1)
     narrow = padded @ cols.T  # (m + 2, visible width)
     target = canvas[cy1:cy2, cx1:cx2]
-    if empty:
+    if canvas.dtype == np.uint8:
+        # 0..255, a band of rows at a time: no float temporary of the box's size.
+        for r0 in range(0, cy2 - cy1, STRIP_ROWS):
+            part = rows[r0 : r0 + STRIP_ROWS] @ narrow
+            part *= np.float32(255)
+            part += np.float32(0.5)
+            part8 = part.astype(np.uint8)
+            band = target[r0 : r0 + STRIP_ROWS]
+            if empty:
+                band[...] = part8
+            else:
+                np.maximum(band, part8, out=band)
+    elif empty:
         np.matmul(rows, narrow, out=target)
     else:
         np.maximum(target, rows @ narrow, out=target)
@@ -107,12 +123,20 @@ def person_candidates(boxes, scores, masks, seen_size, image_size):
     box_area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
     areas = (masks > 0.5).mean(axis=(1, 2)) * box_area if len(masks) else np.zeros(0)
 
-    def paste(indices):
-        canvas = np.zeros((height, width), dtype=np.float32)
-        for n, i in enumerate(indices):
-            paste_into(canvas, masks[i], boxes[i], empty=n == 0)
-        return canvas
+    def paste_as(dtype):
+        def paste(indices):
+            canvas = np.zeros((height, width), dtype=dtype)
+            for n, i in enumerate(indices):
+                paste_into(canvas, masks[i], boxes[i], empty=n == 0)
+            return canvas
+
+        return paste
 
     return PersonCandidates(
-        image_size=(width, height), boxes=boxes, scores=np.asarray(scores, dtype=np.float64).reshape(-1), areas=areas, paste=paste
+        image_size=(width, height),
+        boxes=boxes,
+        scores=np.asarray(scores, dtype=np.float64).reshape(-1),
+        areas=areas,
+        paste=paste_as(np.float32),
+        paste8=paste_as(np.uint8),
     )
