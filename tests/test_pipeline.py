@@ -232,7 +232,7 @@ class PreviewEngine(FakeEngine):
     def detect(self, image, size=None):
         import gc
 
-        images = [o for o in gc.get_objects() if type(o).__module__.startswith("PIL.") and isinstance(o, Image.Image)]
+        images = [o for o in gc.get_objects() if issubclass(type(o), Image.Image)]
         alive = [o.size for o in images if o.size[0] * o.size[1] > 4_000_000]
         self.seen.append((image.size, size, alive))
         candidates = super().detect(image.resize(size) if size else image)
