@@ -21,6 +21,10 @@ run torchvision's Mask R-CNN with the same random-weight stand-in, and the same 
     a hard (0.5-threshold) mask as alpha, RGBA PNG at Pillow's default level 6.
 (b) this project: ``app.pipeline.remove_background`` (512 px model input, 250 proposals, bf16 on
     CPUs with native bf16, only the chosen mask pasted, soft refined alpha, RGBA PNG level 1).
+    The ONNX Runtime rows (the torch-free server) run an export of the same stand-in made with
+    the same hooks in place (the tracer records them; the traced input is 512×683, the size the
+    model sees at 2 and 12 MP), fp32 and int8 (quantized on four synthetic photos: a speed
+    figure only, random weights say nothing of int8's accuracy).
 
 Each (row, size) runs in a fresh subprocess; rows are measured in interleaved rounds so a load
 spike hits both pipelines alike. Peak RSS increase = peak RSS while processing (VmHWM, reset after
@@ -57,10 +61,13 @@ ROWS = [
     ("(b) this project: defaults (BF16=auto)", "project", {}),
     ("(b) this project: BGREMOVAL_BF16=off", "project", {"BF16": "off"}),
     ("(b) this project: PNG level 6, refine=none", "project", {"PNG_COMPRESS_LEVEL": 6, "REFINE": "none"}),
+    ("(b) this project, torch-free: ONNX Runtime fp32", "onnx", {}),
+    ("(b) this project, torch-free: ONNX Runtime int8", "onnx", {"precision": "int8"}),
 ]
 OUTPUT_KINDS = {
     "original": "RGBA PNG level 6, hard 0/255 alpha (mask > 0.5), every mask pasted at full size",
     "project": "RGBA PNG (level per row), soft refined alpha, transparent pixels cleared, only the chosen mask pasted",
+    "onnx": "as project's defaults",
 }
 
 
@@ -178,8 +185,8 @@ def project_pipeline(checkpoint, args, overrides):
     fix_subject(engine.model, args.detections, args.coverage)
     detect = engine.detect
 
-    def counting_detect(image):
-        candidates = detect(image)
+    def counting_detect(image, size=None):
+        candidates = detect(image, size)
         run.detections = len(candidates.scores)  # what the model returned, as len(out["scores"]) for (a)
         return candidates
 
@@ -194,7 +201,66 @@ def project_pipeline(checkpoint, args, overrides):
     return run
 
 
-PIPELINES = {"original": original_pipeline, "project": project_pipeline}
+def onnx_pipeline(checkpoint, args, overrides):
+    """This project's pipeline on ONNX Runtime (no torch in the model path), on the hooked export."""
+    from app.config import load_config
+    from app.engines.maskrcnn_onnx import build_engine
+    from app.pipeline import remove_background
+    from app.params import CutoutOptions
+
+    export = exports_of(checkpoint)[overrides.get("precision", "fp32")]
+    config = load_config(environ={}, overrides={"WEIGHTS": str(export), "RUNTIME": "onnx"})
+    engine = build_engine(config)
+    detect = engine.detect
+
+    def counting_detect(image, size=None):
+        candidates = detect(image, size)
+        run.detections = len(candidates.scores)
+        return candidates
+
+    engine.detect = counting_detect
+
+    def run(data):
+        cutout = remove_background(data, engine, CutoutOptions(), config)
+        run.timings = cutout.timings
+        run.output = cutout.data
+
+    run.bf16 = False
+    return run
+
+
+def exports_of(checkpoint):
+    """Where the hooked exports of ``checkpoint`` are (made by ``make_exports``)."""
+    folder = Path(checkpoint).parent
+    return {"fp32": folder / "hooked.onnx", "int8": folder / "hooked.int8.onnx"}
+
+
+def make_exports(checkpoint, args):
+    """Export the stand-in with the subject hooks in place, and an int8 copy of it."""
+    import app.export as export
+    from app.config import load_config
+    from app.quantize import quantize_export
+    from bench.synthetic import encode, make_photo
+
+    plain_load = export.load_model
+
+    def hooked_load(config, download=True):
+        model, source = plain_load(config, download=download)
+        fix_subject(model, args.detections, args.coverage)
+        return model, source
+
+    export.load_model = hooked_load
+    paths = exports_of(checkpoint)
+    config = load_config(environ={}, overrides={"WEIGHTS": checkpoint, "WEIGHTS_DIR": str(Path(checkpoint).parent)})
+    export.export_model(config, out=paths["fp32"])
+    photos = Path(checkpoint).parent / "calibration"
+    photos.mkdir(exist_ok=True)
+    for seed in range(4):
+        (photos / f"{seed}.jpg").write_bytes(encode(make_photo(SIZES["2"], seed=seed), "JPEG", quality=90))
+    quantize_export({**config, "WEIGHTS": str(paths["fp32"])}, sorted(photos.iterdir()), out=paths["int8"])
+
+
+PIPELINES = {"original": original_pipeline, "project": project_pipeline, "onnx": onnx_pipeline}
 
 
 def child(args):
@@ -284,6 +350,8 @@ def main(args):
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = str(Path(tmp) / "stand_in.pth")
         make_checkpoint(checkpoint)
+        if any(row[1] == "onnx" for row in rows):
+            make_exports(checkpoint, args)
         for _ in range(args.rounds):
             for size in sizes:
                 for row in rows:
