@@ -221,7 +221,7 @@ def test_a_large_jpeg_can_be_decoded_small_for_the_model():
     preview = decode_image(data, preview_for=need)
     assert asked == [(2400, 1800)]
     assert preview.preview and preview.original_size == (2400, 1800)
-    assert preview.image.size == (800, 600)  # 1/2 would also cover, 1/4 would not: the smallest that does
+    assert preview.image.size == (1200, 900)  # 1/2 covers 683×512, 1/4 (600×450) would not
     assert np.abs(np.subtract(quadrant_colours(preview.image), QUADRANTS)).max() < 20  # JPEG's colours, upright
     full = decode_image(data)
     assert not full.preview and full.image.size == (2400, 1800)
