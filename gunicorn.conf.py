@@ -88,7 +88,8 @@ def on_exit(server):
 
 def post_fork(server, worker):
     """In each worker: at most two malloc arenas, so request threads share freed memory, and a
-    fixed 128 KB mmap threshold, so big freed buffers go back to the OS (the master keeps glibc's)."""
+    fixed 128 KB mmap threshold while the model loads, so big freed buffers go back to the OS,
+    raised to 4 MB once it has loaded (app/memory.py says why). The master keeps glibc's."""
     from app.memory import limit_arenas, set_mmap_threshold
 
     limit_arenas(int(os.environ.get("MALLOC_ARENA_MAX", "2")))

@@ -6,6 +6,10 @@ import logging
 log = logging.getLogger(__name__)
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
 M_MMAP_THRESHOLD = -3
+# Once the model is loaded, blocks under this size come from the heap and are reused by the next
+# request instead of being mapped afresh (page faults: see raise_mmap_threshold_for_serving).
+SERVING_MMAP_THRESHOLD = 4 * 1024 * 1024
+_fixed_threshold = None  # the threshold this process chose with set_mmap_threshold, if any
 
 
 def _libc():
@@ -43,5 +47,19 @@ def set_mmap_threshold(nbytes=131072):
     swung 455-620 MB with the dynamic threshold and stayed at 365 MB with 128 KB. Set inside the
     worker (the environment variable MALLOC_MMAP_THRESHOLD_ is only read when a process starts).
     """
+    global _fixed_threshold
     if _LIBC is not None and hasattr(_LIBC, "mallopt"):
         _LIBC.mallopt(M_MMAP_THRESHOLD, int(nbytes))
+        _fixed_threshold = int(nbytes)
+
+
+def raise_mmap_threshold_for_serving(nbytes=SERVING_MMAP_THRESHOLD):
+    """After a model has loaded, in a process that fixed its threshold: raise it to ``nbytes``.
+
+    The low threshold is what keeps loading's big transient buffers (the model file's bytes) off
+    the heap; while serving, it maps every array over 128 KB afresh, and the page faults cost time.
+    Measured on a 2 MP request on ONNX Runtime: 82k page faults with 128 KB, 44k with 4 MB after
+    loading, for 7 MB more at the 12 MP peak. A process that never fixed one is left alone.
+    """
+    if _fixed_threshold is not None and _fixed_threshold < nbytes:
+        set_mmap_threshold(nbytes)

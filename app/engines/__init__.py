@@ -11,6 +11,7 @@ import time
 from functools import partial
 
 from ..errors import BgRemovalError, InvalidParameter, ModelUnavailable
+from ..memory import raise_mmap_threshold_for_serving
 
 ENGINES = {
     "maskrcnn": "app.engines.maskrcnn_runtime",
@@ -137,6 +138,7 @@ class EngineRegistry:
                     raise
                 self._engines[name] = engine
                 self.load_seconds[name] = time.perf_counter() - started
+                raise_mmap_threshold_for_serving()
                 self.failures.pop(name, None)
         return engine
 
