@@ -117,6 +117,32 @@ def _box_iou(a, b):
     return inter / union if union > 0 else 0.0
 
 
+def without_weight_identities(model):
+    """``model`` with each Identity of an initializer bypassed (its consumers read the initializer).
+
+    torch's exporter routes some Conv biases through Identity nodes, and ONNX Runtime fuses a
+    quantized Conv into QLinearConv only when its bias is a constant. Measured on the int8
+    export: 64 of 81 convolutions stayed float, their weights dequantized on every run (slower
+    than fp32); bypassed, all of them fuse and the model runs ~1.8× faster than fp32 on AVX2.
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    renamed = {}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs:
+            renamed[node.output[0]] = node.input[0]
+        else:
+            kept.append(node)
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
 def quantize_export(config, photo_paths, out=None):
     """Quantize the configured export with ``photo_paths`` and compare it with fp32; return the report."""
     source = export_path(config)
@@ -127,19 +153,24 @@ def quantize_export(config, photo_paths, out=None):
     images = load_photos(photo_paths, config)
     sizes = int(config["MODEL_MIN_SIZE"]), int(config["MODEL_MAX_SIZE"])
     tmp = out.with_name(out.name + ".quant")
-    quantize_static(
-        str(source),
-        str(tmp),
-        PhotoReader(images, session.get_inputs()[0].name, *sizes),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=QUANTIZED_OPS,
-        per_channel=True,
-        # AVX2 without VNNI: 7-bit weights avoid the u8s8 multiply's saturation.
-        reduce_range=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
+    plain = out.with_name(out.name + ".plain")
+    onnx.save(without_weight_identities(onnx.load(str(source))), str(plain))
+    try:
+        quantize_static(
+            str(plain),
+            str(tmp),
+            PhotoReader(images, session.get_inputs()[0].name, *sizes),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            # AVX2 without VNNI: 7-bit weights avoid the u8s8 multiply's saturation.
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        plain.unlink(missing_ok=True)
     model = onnx.load(str(tmp))
     tmp.unlink(missing_ok=True)
     int8_meta = {**decode_meta(dict((p.key, p.value) for p in model.metadata_props).get(META_KEY), source), "precision": "int8"}

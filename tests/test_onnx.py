@@ -278,3 +278,14 @@ def test_quantize_writes_an_int8_model_and_reports_against_fp32(varied, tmp_path
     assert (tmp_path / "int8.onnx").stat().st_size < 0.5 * export.stat().st_size
     engine = maskrcnn_onnx.build_engine(config_for(varied, WEIGHTS=str(tmp_path / "int8.onnx")), session, meta)
     assert len(engine.detect(make_photo((640, 480), seed=1))) > 0
+    # Every quantized convolution runs as int8: ONNX Runtime fused it into QLinearConv (a Conv left
+    # float would dequantize its weights on every run, slower than the fp32 model).
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "int8.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") >= 70 and ops.count("Conv") <= 1, {op: ops.count(op) for op in ("Conv", "QLinearConv")}
