@@ -5,8 +5,8 @@ composite → encode.
 
 A large JPEG is decoded twice: first small, straight from its DCT, for an engine that only looks at
 a reduced copy (``Engine.preview_size``), then at full size once the model is done, so the photo
-and the model's working memory are never held at once (12 MP on ONNX Runtime: the worker's peak
-455 → ~410 MB, for ~0.03 s of decoding).
+and the model's working memory are never held at once (12 MP on ONNX Runtime: ~45 MB off the
+worker's peak, for ~0.03 s of decoding).
 """
 import time
 from dataclasses import dataclass, field
