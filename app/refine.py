@@ -116,6 +116,32 @@ class _BoxFilter:
         return out
 
 
+# Rows per band in the guided filter's per-pixel solve.
+SOLVE_ROWS = 64
+
+
+def _solve_rows(var, cov, mean_i, mean_p, offsets, out):
+    """Guided-filter coefficients ``out = (a_r, a_g, a_b, b)`` for one band of rows, in place."""
+    rr, rg, rb, gg, gb, bb = var
+    # Closed-form inverse by cofactors (symmetric), vectorised over the pixels.
+    i_rr = gg * bb - gb * gb
+    i_rg = gb * rb - rg * bb
+    i_rb = rg * gb - gg * rb
+    i_gg = rr * bb - rb * rb
+    i_gb = rb * rg - rr * gb
+    i_bb = rr * gg - rg * rg
+    inv_det = 1.0 / (rr * i_rr + rg * i_rg + rb * i_rb)
+    c0, c1, c2 = cov
+    a_r = (i_rr * c0 + i_rg * c1 + i_rb * c2) * inv_det
+    a_g = (i_rg * c0 + i_gg * c1 + i_gb * c2) * inv_det
+    a_b = (i_rb * c0 + i_gb * c1 + i_bb * c2) * inv_det
+    b = mean_p - a_r * mean_i[0] - a_g * mean_i[1] - a_b * mean_i[2]
+    # Fold the centring into b so callers apply the coefficients to the raw guide.
+    b -= a_r * offsets[0] + a_g * offsets[1] + a_b * offsets[2]
+    for target, value in zip(out, (a_r, a_g, a_b, b)):
+        target[...] = value
+
+
 def guided_filter(guide, p, r, eps=None):
     """Colour guided filter (He et al.) of ``p`` by ``guide``: box-averaged coefficients ``(a_r, a_g, a_b, b)``."""
     # p: H×W float32; guide: H×W×3 float32 in 0..1. The output is a·guide + b, applied by the
@@ -144,22 +170,21 @@ def guided_filter(guide, p, r, eps=None):
                 np.maximum(v, 0, out=v)
                 v += np.float32(eps)
             var[i, j] = v
-    rr, rg, rb, gg, gb, bb = var[0, 0], var[0, 1], var[0, 2], var[1, 1], var[1, 2], var[2, 2]
-    # Closed-form inverse by cofactors (symmetric), vectorised over the pixels.
-    i_rr = gg * bb - gb * gb
-    i_rg = gb * rb - rg * bb
-    i_rb = rg * gb - gg * rb
-    i_gg = rr * bb - rb * rb
-    i_gb = rb * rg - rr * gb
-    i_bb = rr * gg - rg * rg
-    inv_det = 1.0 / (rr * i_rr + rg * i_rg + rb * i_rb)
-    c0, c1, c2 = cov_ip
-    a_r = (i_rr * c0 + i_rg * c1 + i_rb * c2) * inv_det
-    a_g = (i_rg * c0 + i_gg * c1 + i_gb * c2) * inv_det
-    a_b = (i_rb * c0 + i_gb * c1 + i_bb * c2) * inv_det
-    b = mean_p - a_r * mean_i[0] - a_g * mean_i[1] - a_b * mean_i[2]
-    # Fold the centring into b so callers apply the coefficients to the raw guide.
-    b -= a_r * offsets[0] + a_g * offsets[1] + a_b * offsets[2]
+    del chans
+    # The per-pixel 3×3 solve, a band of rows at a time: its dozen temporaries then cost a band's
+    # memory, not the image's (bit-identical: every operation is element-wise).
+    a_r, a_g, a_b, b = (np.empty((h, w), np.float32) for _ in range(4))
+    for r0 in range(0, h, SOLVE_ROWS):
+        rows = slice(r0, r0 + SOLVE_ROWS)
+        _solve_rows(
+            [v[rows] for v in (var[0, 0], var[0, 1], var[0, 2], var[1, 1], var[1, 2], var[2, 2])],
+            [c[rows] for c in cov_ip],
+            [m[rows] for m in mean_i],
+            mean_p[rows],
+            offsets,
+            [a_r[rows], a_g[rows], a_b[rows], b[rows]],
+        )
+    del var, cov_ip, mean_i, mean_p
     return box(a_r), box(a_g), box(a_b), box(b)
 
 
