@@ -153,24 +153,19 @@ def quantize_export(config, photo_paths, out=None):
     images = load_photos(photo_paths, config)
     sizes = int(config["MODEL_MIN_SIZE"]), int(config["MODEL_MAX_SIZE"])
     tmp = out.with_name(out.name + ".quant")
-    plain = out.with_name(out.name + ".plain")
-    onnx.save(without_weight_identities(onnx.load(str(source))), str(plain))
-    try:
-        quantize_static(
-            str(plain),
-            str(tmp),
-            PhotoReader(images, session.get_inputs()[0].name, *sizes),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=QUANTIZED_OPS,
-            per_channel=True,
-            # AVX2 without VNNI: 7-bit weights avoid the u8s8 multiply's saturation.
-            reduce_range=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-    finally:
-        plain.unlink(missing_ok=True)
+    quantize_static(
+        without_weight_identities(onnx.load(str(source))),
+        str(tmp),
+        PhotoReader(images, session.get_inputs()[0].name, *sizes),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=QUANTIZED_OPS,
+        per_channel=True,
+        # AVX2 without VNNI: 7-bit weights avoid the u8s8 multiply's saturation.
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
     model = onnx.load(str(tmp))
     tmp.unlink(missing_ok=True)
     int8_meta = {**decode_meta(dict((p.key, p.value) for p in model.metadata_props).get(META_KEY), source), "precision": "int8"}

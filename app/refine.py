@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .compose import to_alpha8
 from .errors import InvalidParameter
 
 # "guided" first: the default, because it measured best (bench/quality.py on human_seg_dev: the
@@ -306,10 +307,7 @@ def refine_alpha8(image, coarse, method=DEFAULT_METHOD):
     """The refined alpha as uint8 H×W (0..255) of a coarse person mask against its RGB photo."""
     image, coarse = _checked(image, coarse, method)
     if method == "none":
-        if coarse.dtype == np.uint8:
-            return coarse
-        unit = _to_unit(coarse)
-        return (np.clip(unit, 0, 1) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+        return to_alpha8(coarse if coarse.dtype == np.uint8 else _to_unit(coarse))
     return _refine_guided(image, coarse)
 
 

@@ -52,18 +52,9 @@ def cpu_line():
 
 def serve_original(args):
     """Run the original path behind http.server on 127.0.0.1:``args.port`` (a child process)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
-    from torchvision.transforms.functional import to_tensor
+    from bench.original import load_original_model, original_cutout
 
-    from app.cpu import available_cpus
-
-    torch.set_num_threads(available_cpus())
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_detections_per_img=args.detections)
-    model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
-    model.eval()
+    model = load_original_model(args.checkpoint, box_detections_per_img=args.detections)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -71,20 +62,11 @@ def serve_original(args):
             self.end_headers()
 
         def do_POST(self):
-            data = self.rfile.read(int(self.headers["Content-Length"]))
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-            with torch.no_grad():
-                out = model([to_tensor(image)])[0]
-            best = int(torch.argmax(out["scores"]))
-            mask = (out["masks"][best, 0] > 0.5).numpy()
-            rgba = np.dstack([np.asarray(image), (mask * 255).astype(np.uint8)])
-            buffer = io.BytesIO()
-            Image.fromarray(rgba, "RGBA").save(buffer, "PNG")  # Pillow's default: level 6
-            body = buffer.getvalue()
+            body, detections = original_cutout(model, self.rfile.read(int(self.headers["Content-Length"])))
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("X-Detections", str(len(out["scores"])))
+            self.send_header("X-Detections", str(detections))
             self.end_headers()
             self.wfile.write(body)
 

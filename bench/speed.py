@@ -143,46 +143,23 @@ def alpha_coverage(png):
 
 def original_pipeline(checkpoint, args, overrides):
     """The original project's way: torchvision's model call and postprocess, argmax, hard mask, PNG level 6."""
-    import numpy as np
-    import torch
-    from PIL import Image
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
-    from torchvision.transforms.functional import to_tensor
+    from bench.original import load_original_model, original_cutout
 
-    from app.cpu import available_cpus
-
-    torch.set_num_threads(available_cpus())
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    model.eval()
+    model = load_original_model(checkpoint)
     fix_subject(model, args.detections, args.coverage)
 
     def run(data):
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-        with torch.no_grad():
-            out = model([to_tensor(image)])[0]
-        best = int(torch.argmax(out["scores"]))
-        mask = (out["masks"][best, 0] > 0.5).numpy()
-        rgba = np.dstack([np.asarray(image), (mask * 255).astype(np.uint8)])
-        buf = io.BytesIO()
-        Image.fromarray(rgba, "RGBA").save(buf, "PNG")  # Pillow's default compress_level is 6
-        run.detections = len(out["scores"])
-        run.output = buf.getvalue()
+        run.output, run.detections = original_cutout(model, data)
 
     run.bf16 = False
     return run
 
 
-def project_pipeline(checkpoint, args, overrides):
-    """This project's pipeline with config ``overrides``, counting the detections its engine returns."""
-    from app.config import load_config
-    from app.engines.maskrcnn import build_engine
-    from app.pipeline import remove_background
+def counted_pipeline(engine, config, bf16):
+    """``run(data)``: this project's pipeline on ``engine``, noting the detections the engine returned."""
     from app.params import CutoutOptions
+    from app.pipeline import remove_background
 
-    config = load_config(environ={}, overrides={"WEIGHTS": checkpoint, **overrides})
-    engine = build_engine(config)
-    fix_subject(engine.model, args.detections, args.coverage)
     detect = engine.detect
 
     def counting_detect(image, size=None):
@@ -197,36 +174,29 @@ def project_pipeline(checkpoint, args, overrides):
         run.timings = cutout.timings
         run.output = cutout.data
 
-    run.bf16 = engine.bf16
+    run.bf16 = bf16
     return run
+
+
+def project_pipeline(checkpoint, args, overrides):
+    """This project's pipeline on torch with config ``overrides``."""
+    from app.config import load_config
+    from app.engines.maskrcnn import build_engine
+
+    config = load_config(environ={}, overrides={"WEIGHTS": checkpoint, **overrides})
+    engine = build_engine(config)
+    fix_subject(engine.model, args.detections, args.coverage)
+    return counted_pipeline(engine, config, engine.bf16)
 
 
 def onnx_pipeline(checkpoint, args, overrides):
     """This project's pipeline on ONNX Runtime (no torch in the model path), on the hooked export."""
     from app.config import load_config
     from app.engines.maskrcnn_onnx import build_engine
-    from app.pipeline import remove_background
-    from app.params import CutoutOptions
 
     export = exports_of(checkpoint)[overrides.get("precision", "fp32")]
     config = load_config(environ={}, overrides={"WEIGHTS": str(export), "RUNTIME": "onnx"})
-    engine = build_engine(config)
-    detect = engine.detect
-
-    def counting_detect(image, size=None):
-        candidates = detect(image, size)
-        run.detections = len(candidates.scores)
-        return candidates
-
-    engine.detect = counting_detect
-
-    def run(data):
-        cutout = remove_background(data, engine, CutoutOptions(), config)
-        run.timings = cutout.timings
-        run.output = cutout.data
-
-    run.bf16 = False
-    return run
+    return counted_pipeline(build_engine(config), config, False)
 
 
 def exports_of(checkpoint):
@@ -249,10 +219,13 @@ def make_exports(checkpoint, args):
         fix_subject(model, args.detections, args.coverage)
         return model, source
 
-    export.load_model = hooked_load
     paths = exports_of(checkpoint)
     config = load_config(environ={}, overrides={"WEIGHTS": checkpoint, "WEIGHTS_DIR": str(Path(checkpoint).parent)})
-    export.export_model(config, out=paths["fp32"])
+    export.load_model = hooked_load
+    try:
+        export.export_model(config, out=paths["fp32"])
+    finally:
+        export.load_model = plain_load
     photos = Path(checkpoint).parent / "calibration"
     photos.mkdir(exist_ok=True)
     for seed in range(4):

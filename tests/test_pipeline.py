@@ -240,25 +240,20 @@ class PreviewEngine(FakeEngine):
 
 
 def test_a_large_jpeg_meets_the_model_as_a_preview_and_the_photo_comes_after():
-    """Over PREVIEW_MIN_PIXELS, the model sees a small decode and no full-size photo is held meanwhile."""
+    """Over PREVIEW_MIN_PIXELS, the model sees a small decode and no full-size photo is held meanwhile;
+    smaller JPEGs and PNGs (no DCT reduction) are decoded once and handed over whole."""
     from app.pipeline import PREVIEW_MIN_PIXELS
 
     size = (2600, 1800)
-    assert size[0] * size[1] > PREVIEW_MIN_PIXELS
+    assert size[0] * size[1] > PREVIEW_MIN_PIXELS > 1600 * 1200
     engine = PreviewEngine()
     cutout = remove_background(encode(make_photo(size), "JPEG", quality=90), engine, CutoutOptions(), CONFIG)
-    (given, photo_size, alive), = engine.seen
-    assert given == (650, 450) and photo_size == size
-    assert alive == []
+    remove_background(encode(make_photo((1600, 1200)), "JPEG"), engine, CutoutOptions(), CONFIG)
+    remove_background(encode(make_photo(size), "PNG"), engine, CutoutOptions(), CONFIG)
+    assert [(given, photo_size) for given, photo_size, _ in engine.seen] == [((650, 450), size), ((1600, 1200), None), (size, None)]
+    assert engine.seen[0][2] == []  # no full-size photo alive while the model ran on the preview
     out = Image.open(io.BytesIO(cutout.data))
     assert out.size == size
     alpha = np.asarray(out.getchannel("A"))
     assert alpha[size[1] // 2, size[0] // 2] == 255 and alpha[5, 5] == 0  # the mask landed in the photo's pixels
     assert "model" in cutout.timings and "decode" in cutout.timings
-
-
-def test_small_photos_and_pngs_are_decoded_once():
-    engine = PreviewEngine()
-    remove_background(encode(make_photo((1600, 1200)), "JPEG"), engine, CutoutOptions(), CONFIG)
-    remove_background(encode(make_photo((2600, 1800)), "PNG"), engine, CutoutOptions(), CONFIG)
-    assert [(given, photo_size) for given, photo_size, _ in engine.seen] == [((1600, 1200), None), ((2600, 1800), None)]
