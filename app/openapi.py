@@ -116,7 +116,7 @@ def openapi_document(engines=None):
             "/api/remove": {
                 "post": {
                     "summary": "Cut out the person in a photo",
-                    "description": "Send the photo as multipart (field file or image_file) or as the raw request body (any Content-Type; the bytes are sniffed). Parameters go in form fields or the query string.",
+                    "description": "Send the photo as multipart (field file or image_file, or a single file field of any name) or as the raw request body (any Content-Type; the bytes are sniffed). Parameters go in form fields or the query string.",
                     "parameters": [{"name": k, "in": "query", "required": False, "schema": v} for k, v in parameters.items()],
                     "requestBody": {
                         "required": True,

@@ -10,6 +10,8 @@ from .errors import EmptyUpload, MissingUpload
 from .params import parse_options
 
 UPLOAD_FIELDS = ("file", "image_file")
+# File fields that are never the photo itself.
+OTHER_FILE_FIELDS = ("bg_image_file",)
 
 
 class UploadRequest(Request):
@@ -26,17 +28,19 @@ class UploadRequest(Request):
 def read_upload(request, fields=UPLOAD_FIELDS):
     """The uploaded image bytes and its file name, from a multipart field or the raw body.
 
-    Multipart: the first of ``fields`` present. Otherwise the raw body, whatever its Content-Type
-    (``curl --data-binary`` sends form-urlencoded); the bytes are sniffed later, not the header.
+    Multipart: the first of ``fields`` present, else the only file part under any other name
+    (``curl -F image=@photo.jpg``). Otherwise the raw body, whatever its Content-Type (``curl
+    --data-binary`` sends form-urlencoded); the bytes are sniffed later, not the header.
     """
     if request.mimetype == "multipart/form-data":
-        for name in fields:
-            storage = request.files.get(name)
-            if storage is not None:
-                data = storage.read()
-                if not data:
-                    raise EmptyUpload()
-                return data, storage.filename or "image"
+        named = [request.files[name] for name in fields if name in request.files]
+        others = [f for name, f in request.files.items(multi=True) if name not in fields + OTHER_FILE_FIELDS]
+        storage = named[0] if named else (others[0] if len(others) == 1 else None)
+        if storage is not None:
+            data = storage.read()
+            if not data:
+                raise EmptyUpload()
+            return data, storage.filename or "image"
         raise MissingUpload(f"send the image in a multipart field named {' or '.join(fields)}, or as the request body")
     data = request.get_data(cache=False, parse_form_data=False)
     _refuse_cut_body(request, data)

@@ -29,6 +29,21 @@ def test_multipart_fields_of_rembg_and_remove_bg(client, photo_jpeg, field, fake
     assert fake_engine.calls == 1
 
 
+@pytest.mark.parametrize("field", ["image", "photo"])
+def test_a_single_file_field_of_any_name_is_the_photo(client, photo_jpeg, field, fake_engine):
+    response = post_file(client, photo_jpeg, field=field, mode="all")
+    assert response.status_code == 200 and open_png(response).size == (320, 240)
+    assert fake_engine.calls == 1
+
+
+def test_two_unnamed_file_fields_or_only_a_background_are_not_guessed(client, photo_jpeg):
+    two = {"a": (io.BytesIO(photo_jpeg), "a.jpg"), "b": (io.BytesIO(photo_jpeg), "b.jpg")}
+    response = client.post("/api/remove", data=two, content_type="multipart/form-data")
+    assert response.status_code == 400 and response.get_json()["errors"][0]["code"] == "missing_file"
+    response = post_file(client, photo_jpeg, field="bg_image_file")
+    assert response.status_code == 400 and response.get_json()["errors"][0]["code"] == "missing_file"
+
+
 @pytest.mark.parametrize("ctype", ["application/x-www-form-urlencoded", "image/jpeg", "application/octet-stream", "text/plain", None])
 def test_raw_body_whatever_its_content_type(client, photo_jpeg, ctype):
     headers = {"Content-Type": ctype} if ctype else {}
