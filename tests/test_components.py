@@ -1,5 +1,9 @@
-"""The one connected-components helper (scipy.ndimage) the engines and the mask cleaner share."""
+"""The one connected-components helper (pure numpy) the engines and the mask cleaner share."""
+import subprocess
+import sys
+
 import numpy as np
+from scipy import ndimage
 
 from app import components
 
@@ -53,3 +57,45 @@ def test_grow_is_a_square_dilation():
     grown = components.grow(mask, 2)
     assert grown.sum() == 25 and grown[2:7, 2:7].all()
     np.testing.assert_array_equal(components.grow(mask, 0), mask)
+
+
+def test_label_and_grow_match_scipy_ndimage_exactly():
+    # Same numbering (raster order of first pixels), not only the same partition: the engines
+    # break ties between equal blobs by label order.
+    rng = np.random.default_rng(11)
+    eight, four = np.ones((3, 3), bool), ndimage.generate_binary_structure(2, 1)
+    for i in range(300):
+        mask = rng.random((int(rng.integers(1, 70)), int(rng.integers(1, 70)))) < rng.random()
+        if i % 2 and min(mask.shape) > 2:
+            mask = ndimage.binary_opening(mask)  # blob-like shapes, not only noise
+        for diagonal, structure in ((True, eight), (False, four)):
+            expected = np.zeros(mask.shape, np.int32)
+            expected_count = ndimage.label(mask, structure=structure, output=expected)
+            labels, count = components.label(mask, diagonal=diagonal)
+            assert count == expected_count
+            np.testing.assert_array_equal(labels, expected)
+        for pixels in (1, 2, 3):
+            np.testing.assert_array_equal(components.grow(mask, pixels),
+                                          ndimage.binary_dilation(mask, structure=eight, iterations=pixels))
+
+
+def test_a_spiral_is_one_component():
+    # The worst shape for label propagation: one long path folded on itself.
+    size = 101
+    spiral = np.zeros((size, size), bool)
+    top, left, bottom, right = 0, 0, size - 1, size - 1
+    while top <= bottom and left <= right:
+        spiral[top, left : right + 1] = spiral[top : bottom + 1, right] = spiral[bottom, left : right + 1] = True
+        spiral[top + 2 : bottom + 1, left] = True
+        if top + 2 <= bottom:
+            spiral[top + 2, left : right - 1] = True
+        top, left, bottom, right = top + 4, left + 4, bottom - 4, right - 4
+    assert components.label(spiral)[1] == ndimage.label(spiral, structure=np.ones((3, 3), bool))[1]
+
+
+def test_serving_never_imports_scipy():
+    # scipy.ndimage costs a worker ~28 MB resident; the engines only need these helpers.
+    code = ("import sys; import app.components, app.engines.selfie, app.engines.selfie_segmenter; "
+            "print([m for m in sys.modules if m.split('.')[0] == 'scipy'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
