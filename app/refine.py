@@ -145,14 +145,31 @@ def _solve_rows(var, cov, mean_i, mean_p, offsets, out):
 
 def guided_filter(guide, p, r, eps=None):
     """Colour guided filter (He et al.) of ``p`` by ``guide``: box-averaged coefficients ``(a_r, a_g, a_b, b)``."""
-    # p: H×W float32; guide: H×W×3 float32 in 0..1. The output is a·guide + b, applied by the
-    # caller at this resolution or (fast guided filter) to a finer guide after upsampling a and b.
-    eps = EPS if eps is None else eps
+    # p: H×W float32; guide: H×W×3 float32 in 0..1 (or uint8). The output is a·guide + b, applied by
+    # the caller at this resolution or (fast guided filter) to a finer guide after upsampling a and b.
     h, w = p.shape
     r = min(int(r), (min(h, w) - 2) // 2)
     if r < 1:
         zero = np.zeros((h, w), np.float32)
         return zero, zero, zero, p.astype(np.float32)
+    bounds = _bands(h, _filter_rows(w, r))
+    if len(bounds) == 2:
+        return _guided_filter_block(guide, p, r, eps)
+    # Band by band with a 2r halo: the dozen statistics then cost a band's memory, not the image's.
+    out = [np.empty((h, w), np.float32) for _ in range(4)]
+    rows = _filtered_rows(lambda lo, hi: guide[lo:hi], lambda lo, hi: p[lo:hi], h, r, eps)
+    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+        for target, value in zip(out, rows(r0, r1)):
+            target[r0:r1] = value
+    return out
+
+
+def _guided_filter_block(guide, p, r, eps=None):
+    """``guided_filter`` of one block at a radius that fits it (2r + 2 <= its height and width)."""
+    eps = EPS if eps is None else eps
+    h, w = p.shape
+    if guide.dtype == np.uint8:
+        guide = guide.astype(np.float32) * np.float32(1 / 255)
     box = _BoxFilter((h, w), r)
     # Centre each channel: the variances are differences of means, and float32 loses them otherwise.
     offsets = [np.float32(np.asarray(guide[..., i], dtype=np.float32).mean()) for i in range(3)]
@@ -223,10 +240,78 @@ def _scan(coarse):
     return (max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin)), cell
 
 
-def _upsample(x, size, factor):
-    """Bilinear upsampling of a float32 map by ``factor`` to ``size`` (W, H), pixel centres aligned."""
-    w, h = size
-    return np.asarray(Image.fromarray(x, "F").resize(size, Image.BILINEAR, box=(0, 0, w / factor, h / factor)))
+def _grid(start, end, k, s, work_len, out_len):
+    """Photo indices sampled along one axis: working pixel ``j`` is photo pixel ``start + k // 2 +
+    j * k`` (the crop's last one past its end), and every ``s``-th working pixel from ``s // 2``
+    (the last one repeated past the working grid's end)."""
+    available = max(1, len(range(start + k // 2, end, k)))
+    taken = max(1, len(range(s // 2, work_len, s)))
+    working = s // 2 + np.minimum(np.arange(out_len), taken - 1) * s
+    return np.minimum(start + k // 2 + np.minimum(working, available - 1) * k, end - 1)
+
+
+def _sample(coarse, crop, k, work_shape, out_shape, s=1, row_range=None):
+    """The coarse mask on the working grid of ``crop`` = ``(y0, y1, x0, x1)`` (every ``k``-th
+    photo pixel), then every ``s``-th working pixel, as float32 in [0, 1] of ``out_shape``
+    (only its rows ``row_range`` = ``(lo, hi)`` when given).
+
+    Indexes the photo-sized mask directly: a working-resolution copy is never made whole.
+    """
+    y0, y1, x0, x1 = crop
+    rows = _grid(y0, y1, k, s, work_shape[0], out_shape[0])
+    if row_range is not None:
+        rows = rows[row_range[0] : row_range[1]]
+    cols = _grid(x0, x1, k, s, work_shape[1], out_shape[1])
+    return np.clip(_to_unit(coarse[np.ix_(rows, cols)]), 0.0, 1.0)
+
+
+# Rows of the working crop turned into alpha at a time: the filter's arrays, the upsampled
+# coefficients and the float guide then cost a band's memory, not the crop's.
+OUTPUT_ROWS = 128
+
+
+# Pixels per band of the guided filter: its ~two dozen float32 arrays then take ~3 MB (measured
+# on 2 MP photos: 64K pixels, refine peak +5 MB; 16K, refine 17 % slower than at 32K).
+FILTER_BAND_PIXELS = 32 * 1024
+
+
+def _filter_rows(width, r):
+    """Rows per band of the guided filter: about FILTER_BAND_PIXELS, and >= 8r so that the 2r halos
+    above and below redo at most half a band."""
+    return max(8 * r, FILTER_BAND_PIXELS // max(1, width), 16)
+
+
+def _bands(height, rows):
+    """Row bounds splitting ``height`` into near-equal bands of ``rows`` to ``2 * rows`` (one band when shorter)."""
+    count = max(1, height // rows)
+    return np.linspace(0, height, count + 1).round().astype(int)
+
+
+def _upsampled_rows(coeffs, shape, factor):
+    """``rows(r0, r1)``: coefficients computed ``factor``× coarser, bilinearly upsampled for those
+    working rows only (pixel centres aligned, as one resize of the whole would place them)."""
+    images = [Image.fromarray(c, "F") for c in coeffs]
+    wh, ww = shape
+
+    def rows(r0, r1):
+        box = (0, r0 / factor, ww / factor, r1 / factor)
+        return [np.asarray(image.resize((ww, r1 - r0), Image.BILINEAR, box=box)) for image in images]
+
+    return rows
+
+
+def _filtered_rows(guide, p, height, r, eps=None):
+    """``rows(r0, r1)``: the guided filter's coefficients for those rows, from the rows within 2r
+    of them only (a coefficient depends on the guide and mask within 2r: two box means of radius r).
+
+    ``guide(lo, hi)`` and ``p(lo, hi)`` give rows ``lo..hi`` of the guide and the mask.
+    """
+
+    def rows(r0, r1):
+        lo, hi = max(0, r0 - 2 * r), min(height, r1 + 2 * r)
+        return [c[r0 - lo : r1 - lo] for c in _guided_filter_block(guide(lo, hi), p(lo, hi), r, eps)]
+
+    return rows
 
 
 def _refine_guided(image, coarse):
@@ -252,37 +337,49 @@ def _refine_guided(image, coarse):
     # Working resolution: an integer reduction, so that PIL's box reduce does it in one fast pass.
     k = max(1, math.ceil(math.sqrt(ch * cw / WORK_PIXELS)))
     work = image.reduce(k, box=(x0, y0, x1, y1)) if k > 1 else image.crop((x0, y0, x1, y1))
-    guide = np.asarray(work, dtype=np.float32) * np.float32(1 / 255)
-    wh, ww = guide.shape[:2]
-    # The coarse mask is smooth at the working scale, so sampling it (not averaging) is enough.
-    p = _to_unit(coarse[y0 + k // 2 : y1 : k, x0 + k // 2 : x1 : k])
-    if p.shape != (wh, ww):
-        p = np.pad(p, ((0, wh - p.shape[0]), (0, ww - p.shape[1])), mode="edge")
-    p = np.clip(p, 0.0, 1.0)
+    ww, wh = work.size
     r = max(1, round(RADIUS_PER_CELL * cell / k))
     # Fast guided filter (He & Sun 2015): the coefficients are smooth (box means over r), so they
     # are computed on at most FILTER_PIXELS while the radius there stays >= 2, then upsampled.
+    # The coarse mask is smooth at the working scale, so sampling it (not averaging) is enough.
     s = min(max(1, r // 2), math.ceil(math.sqrt(wh * ww / FILTER_PIXELS)))
+    crop = (y0, y1, x0, x1)
+
+    def pixels(lo, hi):
+        """Working rows lo..hi of the photo as uint8 (H×W×3), read from PIL a band at a time."""
+        return np.asarray(work.crop((0, lo, ww, hi)))
+
     if s > 1:
         small = np.asarray(work.reduce(s), dtype=np.float32) * np.float32(1 / 255)
-        ps = p[s // 2 :: s, s // 2 :: s]
-        if ps.shape != small.shape[:2]:
-            ps = np.pad(ps, ((0, small.shape[0] - ps.shape[0]), (0, small.shape[1] - ps.shape[1])), mode="edge")
-        coeffs = guided_filter(small, ps, math.ceil(r / s))
-        coeffs = [_upsample(c, (ww, wh), s) for c in coeffs]
+        coeffs = guided_filter(small, _sample(coarse, crop, k, (wh, ww), small.shape[:2], s), math.ceil(r / s))
+        del small
+        coefficients, band_rows = _upsampled_rows(coeffs, (wh, ww), s), OUTPUT_ROWS
+        del coeffs
     else:
-        coeffs = guided_filter(guide, p, r)
-    a_r, a_g, a_b, b = coeffs
-    q = a_r * guide[..., 0]
-    q += a_g * guide[..., 1]
-    q += a_b * guide[..., 2]
-    q += b
-    # Sharpen around 0.5 and quantise: the result is 8-bit in the end, and PIL upsamples "L" fast.
-    q -= 0.5
-    q *= np.float32(SHARPNESS * 255)
-    q += np.float32(127.5 + 0.5)
-    np.clip(q, 0, 255, out=q)
-    a8 = q.astype(np.uint8)
+        # Filtered band by band, each with its 2r halo (see _filter_rows),
+        # r clamped for the whole crop as guided_filter would, so that no band changes it.
+        r = min(r, (min(wh, ww) - 2) // 2)
+        if r < 1:  # a crop a few pixels across: nothing to filter
+            coeffs = guided_filter(pixels(0, wh), _sample(coarse, crop, k, (wh, ww), (wh, ww)), r)
+            coefficients, band_rows = (lambda r0, r1: [c[r0:r1] for c in coeffs]), OUTPUT_ROWS
+        else:
+            mask_rows = lambda lo, hi: _sample(coarse, crop, k, (wh, ww), (wh, ww), row_range=(lo, hi))  # noqa: E731
+            coefficients, band_rows = _filtered_rows(pixels, mask_rows, wh, r), _filter_rows(ww, r)
+    a8 = np.empty((wh, ww), np.uint8)
+    bounds = _bands(wh, band_rows)
+    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+        a_r, a_g, a_b, b = coefficients(r0, r1)
+        guide = pixels(r0, r1).astype(np.float32) * np.float32(1 / 255)
+        q = a_r * guide[..., 0]
+        q += a_g * guide[..., 1]
+        q += a_b * guide[..., 2]
+        q += b
+        # Sharpen around 0.5 and quantise: the result is 8-bit in the end, and PIL upsamples "L" fast.
+        q -= 0.5
+        q *= np.float32(SHARPNESS * 255)
+        q += np.float32(127.5 + 0.5)
+        np.clip(q, 0, 255, out=q)
+        a8[r0:r1] = q
     if k > 1:
         a8 = np.asarray(Image.fromarray(a8, "L").resize((cw, ch), Image.BILINEAR, box=(0, 0, cw / k, ch / k)))
     out[y0:y1, x0:x1] = a8
