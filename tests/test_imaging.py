@@ -208,6 +208,42 @@ def test_fast_png_with_zero_rows_above_and_below():
         np.testing.assert_array_equal(out, a)
 
 
+@pytest.mark.parametrize("source", ["array", "image"])
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_fast_png_streams_bands_and_round_trips(monkeypatch, source, parts):
+    # Small bands: many per part, so the Up filter's row above and the Adler-32 are carried over
+    # band and part boundaries; a PIL source is read a band of rows at a time, never copied whole.
+    from app import imaging
+
+    monkeypatch.setattr(imaging, "PNG_BAND_BYTES", 700)
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 256, (61, 47, 4), dtype=np.uint8)
+    arr[:9] = 0
+    arr[30:33] = arr[29]  # rows equal to the one above: all zero once filtered
+    crops = []
+    image = Image.fromarray(arr, "RGBA")
+    real_crop = Image.Image.crop
+    monkeypatch.setattr(Image.Image, "crop", lambda self, box=None: crops.append(box) or real_crop(self, box))
+    data = imaging.encode_png(arr if source == "array" else image, level=1, parts=parts)
+    out = Image.open(io.BytesIO(data))
+    out.load()
+    np.testing.assert_array_equal(np.asarray(out), arr)
+    band = 700 // (47 * 4 + 1)
+    if source == "image":
+        assert crops and max(b[3] - b[1] for b in crops) <= band + 1  # + the row above
+
+
+def test_an_upright_jpeg_is_decoded_without_a_copy(monkeypatch):
+    # exif_transpose returns a copy of a photo without an Orientation tag unless told to work in
+    # place: a full-size copy (2 MP: 8 MB) at the request's peak for nothing.
+    copies = []
+    real_copy = Image.Image.copy
+    monkeypatch.setattr(Image.Image, "copy", lambda self: copies.append(self.size) or real_copy(self))
+    decoded = decode_image(encode(quadrant_image(400, 300), "JPEG", quality=90))
+    assert decoded.image.size == (400, 300) and decoded.image.mode == "RGB"
+    assert copies == []
+
+
 def test_a_large_jpeg_can_be_decoded_small_for_the_model():
     """preview_for: a JPEG decoded at a DCT reduction that still covers what the model needs."""
     photo = quadrant_image(2400, 1800)
