@@ -57,6 +57,27 @@ def to_alpha8(alpha):
     return scaled.astype(np.uint8)
 
 
+# Rows resized at a time by resize_to_alpha8: PIL's float canvas then costs a band, not the photo.
+RESIZE_ROWS = 256
+
+
+def resize_to_alpha8(values, size):
+    """A float "F" PIL image of ``255 p + 0.5`` bilinearly resized to ``size`` (W, H) as uint8 0..255.
+
+    Bilinear weights sum to 1 and PIL truncates "F" to "L", so this is ``to_alpha8`` of the resized
+    ``p``; it is done a band of rows at a time (each band's box keeps the whole resize's sample
+    positions), so no full-size float array is made (2 MP: 8 MB less).
+    """
+    width, height = size
+    scale = values.height / height
+    out = np.empty((height, width), np.uint8)
+    for y0 in range(0, height, RESIZE_ROWS):
+        y1 = min(height, y0 + RESIZE_ROWS)
+        band = values.resize((width, y1 - y0), Image.BILINEAR, box=(0, y0 * scale, values.width, y1 * scale))
+        out[y0:y1] = np.asarray(band.convert("L"))
+    return out
+
+
 def foreground_box(alpha8, threshold=8):
     """``(left, top, width, height)`` of the pixels with alpha above ``threshold``, or None."""
     rows = np.flatnonzero((alpha8 > threshold).any(axis=1))
@@ -139,12 +160,13 @@ def blurred(image, alpha8=None, radius_fraction=0.02):
     return plain.resize(image.size, Image.BILINEAR)
 
 
-def composite(image, alpha, background=None, blur_radius=0.02):
+def composite(image, alpha, background=None, blur_radius=0.02, in_place=False):
     """The cutout: ``image`` (RGB) with ``alpha`` over ``background``.
 
     ``background`` is None (transparent RGBA output), an ``(r, g, b[, a])`` colour, ``"blur"``
     (the photo itself blurred, ``blur_radius`` × its longer side) or an RGB PIL image (resized to
-    cover the photo).
+    cover the photo). ``in_place``: a transparent cutout may be made in ``image`` itself (the
+    caller's photo is then the result).
     """
     alpha8 = to_alpha8(alpha)
     mask = Image.fromarray(alpha8, "L")
@@ -153,8 +175,10 @@ def composite(image, alpha, background=None, blur_radius=0.02):
         # colours there would only cost bytes (zeros make PNG encoding ~3x faster and the file
         # several times smaller), and only the subject's box needs any work.
         # Done in place on one RGBA copy of the photo (no crops, blank canvases or composites of
-        # the subject's box): at 12 MP that is ~100 MB less at the request's peak.
-        out = image.convert("RGBA")
+        # the subject's box): at 12 MP that is ~100 MB less at the request's peak. With
+        # ``in_place`` not even that copy: Pillow stores RGB with a spare fourth byte, and
+        # putalpha turns an RGB image into RGBA by filling it (12 MP: 48 MB less again).
+        out = image if in_place and image.mode == "RGB" else image.convert("RGBA")
         out.putalpha(mask)
         out.paste((0, 0, 0, 0), mask=mask.point(_TRANSPARENT_LUT))
         return out

@@ -31,6 +31,21 @@ def test_transparent_output_keeps_pixels_and_exact_alpha():
     assert arr[20, 19, 3] == 128 and arr[0, 0, 3] == 0 and arr[20, 30, 3] == 255
 
 
+def test_an_in_place_cutout_reuses_the_photo_and_a_default_one_leaves_it_alone():
+    # In place, the RGB photo becomes the RGBA cutout (Pillow keeps RGB in four bytes a pixel):
+    # no second full-size image (12 MP: 48 MB) at the request's peak.
+    img, a = photo(), soft_alpha()
+    before = np.asarray(img).copy()
+    copied = composite(img, a)
+    assert copied is not img and img.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(img), before)
+    same = composite(img, a, in_place=True)
+    assert same is img and img.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(copied))
+    grey = Image.fromarray(before[..., 0], "L")
+    assert composite(grey, a, in_place=True) is not grey  # only an RGB photo can take its alpha in place
+
+
 def test_colour_background_blends_by_alpha():
     img, a = photo(), soft_alpha()
     out = np.asarray(composite(img, a, (0, 0, 255)))

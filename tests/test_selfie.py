@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.compose import to_alpha8
 from app.config import load_config
 from app.engines import selfie, selfie_segmenter, selfie_weights
 from app.errors import ModelUnavailable
@@ -541,6 +542,21 @@ def test_x_people_counts_the_people_kept(full_engine):
     data = (coco_sample_dir() / "images" / "000000000241.jpg").read_bytes()
     assert remove_background(data, full_engine, CutoutOptions(mode="central")).people == 1
     assert remove_background(data, full_engine, CutoutOptions(mode="all")).people >= 2
+
+
+@needs_coco
+@pytest.mark.parametrize("file_name", ["000000000241.jpg", "000000000110.jpg"])
+def test_the_8_bit_paste_is_the_float_paste_rounded(full_engine, file_name):
+    # What the pipeline refines: made in PIL, without full-size float32 arrays in numpy, and equal
+    # to to_alpha8 of the float mask up to float rounding (a few pixels off by one).
+    image = Image.open(coco_sample_dir() / "images" / file_name).convert("RGB")
+    candidates = full_engine.detect(image)
+    assert candidates.paste8 is not None and len(candidates) >= 2
+    for chosen in [[i] for i in range(len(candidates))] + [list(range(len(candidates)))]:
+        eight, rounded = candidates.mask8(chosen), to_alpha8(candidates.mask(chosen))
+        assert eight.dtype == np.uint8 and eight.shape == rounded.shape
+        difference = np.abs(eight.astype(int) - rounded)
+        assert difference.max() <= 1 and (difference > 0).sum() <= 20
 
 
 @needs_photos

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..compose import resize_to_alpha8
+
 ROI_SCALE = 1.25  # MediaPipe's RectTransformationCalculator scale for the landmark ROI
 INPUT = 256
 LANDMARKS = 39
@@ -87,14 +89,15 @@ class PersonMask:
     logits: np.ndarray  # 256×256 segmentation logits in crop coordinates
     landmarks: np.ndarray  # (39, 5): x, y (photo pixels), z, visibility, presence (logits)
 
-    def paste(self, size, scale=1.0):
+    def paste(self, size, scale=1.0, eight_bit=False):
         """The person's probability (float32 H×W) on a ``(W, H)`` photo; 0 outside the region.
 
         ``scale``: photo pixels per pixel of the image the region was found on (the engine works
         on a reduced copy); the map is resampled there and resized up, which is cheaper.
+        ``eight_bit``: uint8 0..255 instead, rounded as ``to_alpha8`` rounds (see ``upsample8``).
         """
         width, height = size
-        out = np.zeros((height, width), np.float32)
+        out = np.zeros((height, width), np.uint8 if eight_bit else np.float32)
         source_size = (math.ceil(width / scale), math.ceil(height / scale))
         x0, y0, x1, y1 = self.region.bounds(source_size)
         if x1 <= x0 or y1 <= y0:
@@ -104,11 +107,17 @@ class PersonMask:
         inv = self.region.rotation.T * (INPUT / self.region.side)
         origin = self.region.photo_to_crop(np.array([x0, y0], np.float64))
         data = (inv[0, 0], inv[0, 1], origin[0], inv[1, 0], inv[1, 1], origin[1])
-        crop = Image.fromarray(prob.astype(np.float32), "F").transform(
-            (x1 - x0, y1 - y0), Image.AFFINE, data, resample=Image.BILINEAR, fillcolor=0.0)
+        # 8-bit: resample 255 p + 0.5 (outside the crop 0.5, i.e. p = 0) and let PIL truncate.
+        offset = 0.5 if eight_bit else 0.0
+        values = prob.astype(np.float32) * np.float32(255 if eight_bit else 1) + np.float32(offset)
+        crop = Image.fromarray(values, "F").transform(
+            (x1 - x0, y1 - y0), Image.AFFINE, data, resample=Image.BILINEAR, fillcolor=offset)
         fx0, fy0 = min(round(x0 * scale), width), min(round(y0 * scale), height)
         fx1, fy1 = min(round(x1 * scale), width), min(round(y1 * scale), height)
         if fx1 <= fx0 or fy1 <= fy0:
+            return out
+        if eight_bit:
+            out[fy0:fy1, fx0:fx1] = resize_to_alpha8(crop, (fx1 - fx0, fy1 - fy0))
             return out
         if (fx1 - fx0, fy1 - fy0) != crop.size:
             crop = crop.resize((fx1 - fx0, fy1 - fy0), Image.BILINEAR)

@@ -20,6 +20,7 @@ Without the pose models (a ``SELFIE_WEIGHTS`` folder that lacks them) the engine
 selfie blobs alone. Constants were chosen on the tuning half of the shared data
 (``bench/person_engines.py``); the numbers are in the README.
 """
+import functools
 import logging
 import math
 
@@ -164,8 +165,8 @@ def people_candidates(work, scale, size, work_dets, blobs, landmarks):
             results[i] = landmarks.person(work, region)
         return results[i]
 
-    def person_mask(i):
-        return person(i).paste(size, scale)
+    def person_mask(i, eight_bit=False):
+        return person(i).paste(size, scale, eight_bit=eight_bit)
 
     def blobs_of(i):
         """The blob person ``i``'s body box overlaps most (none if it overlaps no blob)."""
@@ -208,7 +209,7 @@ def people_candidates(work, scale, size, work_dets, blobs, landmarks):
     remainders = extra_regions
     total = people + len(free) + len(remainders)
 
-    def paste(indices):
+    def paste(indices, eight_bit=False):
         chosen = sorted({int(i) for i in indices})
         if any(i < 0 or i >= total for i in chosen):
             raise IndexError(f"candidate index out of range 0..{total - 1}")
@@ -216,25 +217,24 @@ def people_candidates(work, scale, size, work_dets, blobs, landmarks):
         blob_ids = [free[i - people] for i in chosen if people <= i < people + len(free)]
         regions = [extra_regions[i - people - len(free)] for i in chosen if i >= people + len(free)]
         if len(chosen) == 1 and regions:
-            return blobs.paste_region(regions[0])
+            return blobs.paste_region(regions[0], eight_bit)
         if len(chosen) == 1 and persons:
             i = persons[0]
             own = blobs_of(i)
             if people == 1 and visible[i] < CLOSE_UP and own:
-                return blobs.paste(own)  # a portrait: the segmenter's own quality
-            return person_mask(i)
-        masks = []
+                return blobs.paste(own, eight_bit)  # a portrait: the segmenter's own quality
+            return person_mask(i, eight_bit)
+        solo = [i for i in persons if not blobs_of(i)]
         for i in persons:
-            own = blobs_of(i)
-            if own:
-                blob_ids.extend(own)
-            else:
-                masks.append(person_mask(i))
-        out = blobs.paste(sorted(set(blob_ids))) if blob_ids else np.zeros((size[1], size[0]), np.float32)
+            if i not in solo:
+                blob_ids.extend(blobs_of(i))
+        blank = np.zeros((size[1], size[0]), np.uint8 if eight_bit else np.float32)
+        out = blobs.paste(sorted(set(blob_ids)), eight_bit) if blob_ids else blank
+        # One full-size mask at a time, folded into the result as it comes.
         for region in regions:
-            np.maximum(out, blobs.paste_region(region), out=out)
-        for mask in masks:
-            np.maximum(out, mask, out=out)
+            np.maximum(out, blobs.paste_region(region, eight_bit), out=out)
+        for i in solo:
+            np.maximum(out, person_mask(i, eight_bit), out=out)
         return out
 
     free_idx = np.asarray(free, dtype=int)
@@ -244,6 +244,7 @@ def people_candidates(work, scale, size, work_dets, blobs, landmarks):
         scores=np.concatenate([dets.scores.astype(np.float64), blobs.scores[free_idx], extra_scores]),
         areas=np.concatenate([areas, blobs.areas[free_idx], extra_areas]),
         paste=paste,
+        paste8=functools.partial(paste, eight_bit=True),
     )
 
 

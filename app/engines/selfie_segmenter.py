@@ -19,6 +19,7 @@ blob's mask is the model's soft probability, restricted to the component grown b
 pixels (soft edges survive) but never into another blob, upsampled bilinearly. People who touch
 form one blob: separating them is the pose models' job (``selfie.py``).
 """
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .. import components
+from ..compose import resize_to_alpha8
 from .base import PersonCandidates
 from .litert import LiteModel
 
@@ -42,15 +44,21 @@ class Blobs(PersonCandidates):
     labels: np.ndarray = field(default=None, repr=False)  # blob index + 1 per model pixel, 0 = background
     prob: np.ndarray = field(default=None, repr=False)  # the model's probability map
 
-    def paste_region(self, region):
-        """The probability inside a model-resolution bool ``region``, at the photo's size."""
-        return upsample(np.where(region, self.prob, 0.0), self.image_size)
+    def paste_region(self, region, eight_bit=False):
+        """The probability inside a model-resolution bool ``region``, at the photo's size (uint8 if ``eight_bit``)."""
+        return (upsample8 if eight_bit else upsample)(np.where(region, self.prob, 0.0), self.image_size)
 
 
 def upsample(prob, image_size):
     """A model-resolution probability map bilinearly resized to a ``(W, H)`` photo, in [0, 1]."""
     full = Image.fromarray(np.asarray(prob, np.float32)).resize(tuple(image_size), Image.BILINEAR)
     return np.clip(np.asarray(full, dtype=np.float32), 0.0, 1.0)
+
+
+def upsample8(prob, image_size):
+    """``upsample`` as uint8 0..255 (``to_alpha8`` of it), without a full-size float32 array."""
+    scaled = np.clip(np.asarray(prob, np.float32), 0.0, 1.0) * np.float32(255) + np.float32(0.5)
+    return resize_to_alpha8(Image.fromarray(scaled, "F"), tuple(image_size))
 
 
 def candidates_from_probability(prob, image_size, threshold=THRESHOLD):
@@ -85,19 +93,19 @@ def candidates_from_probability(prob, image_size, threshold=THRESHOLD):
     candidate_of[kept_arr] = np.arange(1, len(kept) + 1)
     candidate_map = candidate_of[labels]
 
-    def paste(indices):
+    def paste(indices, eight_bit=False):
         chosen_ids = np.asarray(sorted({int(i) for i in indices}), dtype=np.int32)
         if chosen_ids.size == 0:
-            return np.zeros((image_height, image_width), dtype=np.float32)
+            return np.zeros((image_height, image_width), dtype=np.uint8 if eight_bit else np.float32)
         if chosen_ids.min() < 0 or chosen_ids.max() >= len(kept):
             raise IndexError(f"candidate index out of range 0..{len(kept) - 1}")
         chosen = np.isin(candidate_map, chosen_ids + 1)
         others = (candidate_map > 0) & ~chosen
         support = components.grow(chosen, SUPPORT_GROWTH) & ~others
-        return upsample(np.where(support, prob, 0.0), (image_width, image_height))
+        return (upsample8 if eight_bit else upsample)(np.where(support, prob, 0.0), (image_width, image_height))
 
     return Blobs(image_size=(image_width, image_height), boxes=boxes, scores=scores, areas=full_areas,
-                 paste=paste, labels=candidate_map, prob=prob)
+                 paste=paste, paste8=functools.partial(paste, eight_bit=True), labels=candidate_map, prob=prob)
 
 
 def choose_model(image_size, aspects):
