@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from app import refine
+from app import guided_filter, refine
 from app.errors import InvalidParameter
 from app.refine import refine_alpha, refine_file
 
@@ -271,24 +271,6 @@ def test_refine_file_honours_exif_orientation(tmp_path):
     assert band_error(refined, alpha) <= MAX_ERROR_RATIO * band_error(coarse, alpha)
 
 
-def test_the_guided_filter_works_in_bands_of_rows(monkeypatch):
-    # Its dozen statistics cost a band's memory, not the image's; the 2r halo makes the bands'
-    # coefficients those of the whole image (to float rounding).
-    rng = np.random.default_rng(2)
-    h, w, r = 700, 90, 3
-    guide = rng.random((h, w, 3)).astype(np.float32)
-    p = (rng.random((h, w)) > 0.5).astype(np.float32)
-    whole = refine._guided_filter_block(guide, p, r)
-    monkeypatch.setattr(refine, "FILTER_BAND_PIXELS", 64 * w)  # bands of 64 rows
-    blocks = []
-    real = refine._guided_filter_block
-    monkeypatch.setattr(refine, "_guided_filter_block", lambda g, q, radius, eps=None: blocks.append(q.shape[0]) or real(g, q, radius, eps))
-    banded = refine.guided_filter(guide, p, r)
-    assert len(blocks) > 2 and max(blocks) <= 2 * refine._filter_rows(w, r) + 4 * r
-    for a, b in zip(banded, whole):
-        np.testing.assert_allclose(a, b, atol=2e-4)
-
-
 def test_a_large_crop_is_refined_a_band_at_a_time(monkeypatch):
     # A thin ramp (small radius) over a large crop: no full-crop filter arrays at any point.
     w, h = 1600, 1200
@@ -300,8 +282,8 @@ def test_a_large_crop_is_refined_a_band_at_a_time(monkeypatch):
     coarse[60:1140, 100:1500] = np.asarray(box.resize((1400, 1080), Image.BILINEAR))
     coarse = np.where(coarse > 0.5, 1.0, np.where(coarse > 0.4, 0.5, 0.0)).astype(np.float32)  # a 1-px ramp
     rows = []
-    real = refine._guided_filter_block
-    monkeypatch.setattr(refine, "_guided_filter_block", lambda g, q, radius, eps=None: rows.append(q.shape[0]) or real(g, q, radius, eps))
+    real = guided_filter.guided_filter_block
+    monkeypatch.setattr(guided_filter, "guided_filter_block", lambda g, q, radius, eps=None: rows.append(q.shape[0]) or real(g, q, radius, eps))
     out = refine_alpha(photo, coarse)
     assert rows and max(rows) < 400  # the working crop is ~1000 rows tall
     assert out[600, 800] == 1.0 and out[20, 20] == 0.0
