@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -129,6 +130,23 @@ def test_export_records_what_it_was_made_from(varied):
     assert meta["opset"] == 17 and meta["torch"] == torch.__version__ and meta["precision"] == "fp32"
     assert [i.name for i in session.get_inputs()] == ["image"]
     assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "masks"]
+
+
+def test_pooled_rois_are_merged_by_one_gather_not_a_scatter_per_level(varied):
+    # torchvision's ONNX merge scatters every level's pooled RoIs (4 levels × 2 poolers); the
+    # export's merge is a permutation: the same numbers, only 1-D scatters of the RoI order left.
+    from torchvision.ops import poolers
+
+    from app.export import merge_levels_by_gather
+
+    generator = torch.Generator().manual_seed(3)
+    levels = torch.randint(0, 4, (57,), generator=generator)
+    unmerged = [torch.rand(int((levels == level).sum()), 8, 7, 7, generator=generator) for level in range(4)]
+    assert torch.equal(merge_levels_by_gather(levels, unmerged), poolers._onnx_merge_levels(levels, unmerged))
+    graph = onnx.load(str(varied[2]))
+    scatters = [n for n in graph.graph.node if n.op_type in ("ScatterElements", "ScatterND")]
+    assert 1 <= len(scatters) <= 2  # one 1-D inverse permutation per pooler (box and mask)
+    assert sum(n.op_type == "Gather" for n in graph.graph.node) >= 2
 
 
 @pytest.mark.parametrize("size,seed", PHOTOS)
