@@ -10,14 +10,15 @@ from the same origin (the browser says so in ``Sec-Fetch-Site``, which page scri
 Both count against ``PAGE_RATE_LIMIT`` per client address; a client that forges the header gets
 that budget and no more, the same as posting the form, so the page is no unmetered way around
 the keys.
+
+Flask-Limiter is imported only by an app that has limits (~3.5 MB of a worker's memory otherwise:
+a 512 MB tier's selfie worker has ~200 MB in all).
 """
 import hashlib
 import hmac
 from pathlib import Path
 
 from flask import request
-from flask_limiter import ApplicationLimit, Limiter
-from flask_limiter.errors import RateLimitExceeded
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .errors import AuthFailed, RateLimited
@@ -55,14 +56,18 @@ class Access:
         self.rate_limit = str(config.get("RATE_LIMIT") or "").strip()
         public = bool(self.keys or self.rate_limit)
         self.page_limit = str(config.get("PAGE_RATE_LIMIT") or "").strip() if public else ""
-        self.limiter = Limiter(
-            key_func=self.bucket,
-            application_limits=[ApplicationLimit(self.limit_for_request, key_function=self.bucket, exempt_when=self.unmetered, cost=self.cost)],
-            storage_uri=config.get("RATE_LIMIT_STORAGE") or "memory://",
-            strategy="fixed-window",
-            headers_enabled=True,
-            key_prefix="bgremoval",
-        )
+        self.limiter = None
+        if self.rate_limit or self.page_limit:
+            from flask_limiter import ApplicationLimit, Limiter
+
+            self.limiter = Limiter(
+                key_func=self.bucket,
+                application_limits=[ApplicationLimit(self.limit_for_request, key_function=self.bucket, exempt_when=self.unmetered, cost=self.cost)],
+                storage_uri=config.get("RATE_LIMIT_STORAGE") or "memory://",
+                strategy="fixed-window",
+                headers_enabled=True,
+                key_prefix="bgremoval",
+            )
 
     def valid_key(self, supplied):
         """True when ``supplied`` is one of the keys (compared in constant time)."""
@@ -109,7 +114,7 @@ class Access:
 
     def usage(self):
         """``(limit, remaining, reset_epoch)`` of this request's counter, or None without limits."""
-        current = self.limiter.current_limit if (self.rate_limit or self.page_limit) else None
+        current = self.limiter.current_limit if self.limiter is not None else None
         if current is None:
             return None
         return current.limit.amount, current.remaining, current.reset_at
@@ -138,8 +143,11 @@ def init_app(app):
     app.before_request(access.require_key)
     # Registered before the limiter's own hook, so it runs after it (Flask runs them in reverse).
     app.after_request(_retry_after_on_refusals_only)
-    if access.rate_limit or access.page_limit:
-        access.limiter.init_app(app)
+    if access.limiter is None:
+        return
+    from flask_limiter.errors import RateLimitExceeded
+
+    access.limiter.init_app(app)
 
     @app.errorhandler(RateLimitExceeded)
     def handle_rate_limited(error):

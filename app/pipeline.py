@@ -53,6 +53,10 @@ def compute_alpha(image, engine, mode="central", min_score=0.5, refine="guided",
     t0 = time.perf_counter()
     soft = candidates.mask8(chosen)
     timings["paste"] = time.perf_counter() - t0
+    score = float(np.max(candidates.scores[chosen]))
+    # Done with the candidates before refining: an engine's may hold its working copy of the photo
+    # and per-person maps (the selfie engine at 2 MP: ~4 MB off the request's peak).
+    del candidates
     t0 = time.perf_counter()
     if refine and refine != "none":
         alpha8 = refine_alpha8(image, soft, method=refine)
@@ -63,7 +67,6 @@ def compute_alpha(image, engine, mode="central", min_score=0.5, refine="guided",
     if input_alpha is not None:
         # A cutout of an already transparent image keeps its own transparency too.
         alpha8 = np.minimum(alpha8, input_alpha)
-    score = float(np.max(candidates.scores[chosen]))
     return alpha8, score, len(chosen), timings
 
 

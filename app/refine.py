@@ -139,7 +139,7 @@ def _sample(coarse, crop, k, work_shape, out_shape, s=1, row_range=None):
 
 # Rows of the working crop turned into alpha at a time: the upsampled coefficients and the
 # float guide then cost a band's memory, not the crop's.
-OUTPUT_ROWS = 128
+OUTPUT_ROWS = 64
 
 
 def _refine_guided(image, coarse):

@@ -5,12 +5,18 @@ a shared Redis is in test_public_deployment.py.
 """
 import io
 import logging
+import os
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from app import create_app
 from conftest import encode, make_photo
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KEY, OTHER_KEY = "k-" + secrets.token_hex(12), "k-" + secrets.token_hex(12)
 
@@ -168,3 +174,15 @@ def test_preflights_pass_the_key_check_and_the_limiter(make):
     for _ in range(3):
         response = client.options("/api/remove", headers={"Origin": "https://a.example", "Access-Control-Request-Method": "POST"})
         assert response.status_code == 200 and "X-RateLimit-Limit" not in response.headers
+
+
+def test_an_app_without_limits_does_not_import_flask_limiter():
+    # ~3.5 MB of a worker's memory, for nothing when no limit is set (the 512 MB tier's budget).
+    code = (
+        "import sys; from app import create_app; "
+        "plain = create_app({'TESTING': True}); print('flask_limiter' in sys.modules); "
+        "create_app({'TESTING': True, 'RATE_LIMIT': '5/minute'}); print('flask_limiter' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BGREMOVAL_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=ROOT).stdout.split()
+    assert out == ["False", "True"]
