@@ -8,7 +8,7 @@ from PIL import Image
 from scipy import ndimage
 
 from app.engines import pose_detector as pd
-from app.engines.pose_landmarks import INPUT, PersonMask, affine_crop, region_of
+from app.engines.pose_landmarks import INPUT, PersonMask, affine_crop, clamped_crop, region_of
 from app.selection import select_people
 
 
@@ -149,3 +149,16 @@ def test_person_mask_pastes_through_the_inverse_rotation_and_scale():
     twice = mask.paste((600, 600), scale=2.0)  # found on a half-size copy
     ys2, _ = np.nonzero(twice > 0.5)
     assert abs(ys2.min() - 175) <= 3 and abs(ys2.max() - 425) <= 3
+
+
+def test_clamped_crop_repeats_the_edges_like_clamped_indexing():
+    # Made in PIL on one canvas (a region can be ~1000 px square); boxes partly or wholly outside.
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        photo = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        x0, y0 = min(int(rng.integers(-40, w + 5)), w - 1), min(int(rng.integers(-40, h + 5)), h - 1)
+        x1, y1 = max(x0 + int(rng.integers(1, 60)), 1), max(y0 + int(rng.integers(1, 60)), 1)
+        got = np.asarray(clamped_crop(Image.fromarray(photo), (x0, y0, x1, y1)))
+        rows, cols = np.clip(np.arange(y0, y1), 0, h - 1), np.clip(np.arange(x0, x1), 0, w - 1)
+        np.testing.assert_array_equal(got, photo[np.ix_(rows, cols)])
