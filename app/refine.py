@@ -184,15 +184,15 @@ def _refine_guided(image, coarse):
         coefficients, band_rows = upsampled_rows(coeffs, (wh, ww), s), OUTPUT_ROWS
         del coeffs
     else:
-        # Filtered band by band, each with its 2r halo (see filter_rows),
-        # r clamped for the whole crop as guided_filter would, so that no band changes it.
-        r = min(r, (min(wh, ww) - 2) // 2)
-        if r < 1:  # a crop a few pixels across: nothing to filter
-            coeffs = guided_filter(pixels(0, wh), _sample(coarse, crop, k, (wh, ww), (wh, ww)), r)
-            coefficients, band_rows = (lambda r0, r1: [c[r0:r1] for c in coeffs]), OUTPUT_ROWS
-        else:
-            mask_rows = lambda lo, hi: _sample(coarse, crop, k, (wh, ww), (wh, ww), row_range=(lo, hi))  # noqa: E731
-            coefficients, band_rows = filtered_rows(pixels, mask_rows, wh, r), filter_rows(ww, r)
+        # Filtered band by band, each with its 2r halo (see filter_rows), r clamped for the whole
+        # crop as guided_filter would, so that no band changes it.
+        r = max(0, min(r, (min(wh, ww) - 2) // 2))
+
+        def mask_rows(lo, hi):
+            """Working rows lo..hi of the coarse mask."""
+            return _sample(coarse, crop, k, (wh, ww), (wh, ww), row_range=(lo, hi))
+
+        coefficients, band_rows = filtered_rows(pixels, mask_rows, wh, r), filter_rows(ww, r)
     a8 = np.empty((wh, ww), np.uint8)
     bounds = bands(wh, band_rows)
     for r0, r1 in zip(bounds[:-1], bounds[1:]):

@@ -224,12 +224,14 @@ def people_candidates(work, scale, size, work_dets, blobs, landmarks):
             if people == 1 and visible[i] < CLOSE_UP and own:
                 return blobs.paste(own, eight_bit)  # a portrait: the segmenter's own quality
             return person_mask(i, eight_bit)
-        solo = [i for i in persons if not blobs_of(i)]
+        owned = {i: blobs_of(i) for i in persons}
+        solo = [i for i in persons if not owned[i]]
         for i in persons:
-            if i not in solo:
-                blob_ids.extend(blobs_of(i))
-        blank = np.zeros((size[1], size[0]), np.uint8 if eight_bit else np.float32)
-        out = blobs.paste(sorted(set(blob_ids)), eight_bit) if blob_ids else blank
+            blob_ids.extend(owned[i])
+        if blob_ids:
+            out = blobs.paste(sorted(set(blob_ids)), eight_bit)
+        else:
+            out = np.zeros((size[1], size[0]), np.uint8 if eight_bit else np.float32)
         # One full-size mask at a time, folded into the result as it comes.
         for region in regions:
             np.maximum(out, blobs.paste_region(region, eight_bit), out=out)
